@@ -1,0 +1,1 @@
+"""abslab: MNIST defenses (ABS and its baselines) and the attacks that test them."""

@@ -1,0 +1,106 @@
+"""The interface every defense shares, and the evaluation steps built on it."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+import pytorch_lightning as pl
+import torch
+from torch.nn import functional as F
+from torchmetrics import MaxMetric, MeanMetric
+from torchmetrics.classification import MulticlassAccuracy
+
+GradientMode = Literal["exact", "straight_through", "none"]
+GRADIENT_MODES: tuple[GradientMode, ...] = ("exact", "straight_through", "none")
+SCHEDULERS = ("none", "onecycle")
+
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # x (B,1,28,28), y (B,), index (B,)
+
+
+class Defense(pl.LightningModule):
+    """A classifier of MNIST digits that attacks can query.
+
+    Subclasses implement `forward(x) -> logits` for x float (N, 1, 28, 28) in [0, 1], logits
+    (N, 10), and set `gradient`: "exact" (autograd gives the true input gradient),
+    "straight_through" (autograd passes through a binarization as the identity) or "none"
+    (no input gradient: gradient attacks must estimate it). `logit_scale` and
+    `confidence_level` are the calibrated-softmax constants (alpha, eta; abs_spec 1.2).
+    Training with cross-entropy is the default `training_step`; models that train otherwise
+    override it, and models that need no training set `needs_training = False`.
+    """
+
+    gradient: GradientMode = "exact"
+    needs_training: bool = True
+
+    def __init__(
+        self,
+        name: str,
+        logit_scale: float,
+        confidence_level: float,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        scheduler: str = "none",
+    ) -> None:
+        super().__init__()
+        if scheduler not in SCHEDULERS:
+            raise ValueError(f"model.scheduler={scheduler!r}: choose one of {SCHEDULERS}.")
+        self.name = name
+        self.logit_scale = logit_scale
+        self.confidence_level = confidence_level
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.scheduler = scheduler
+        self.pretrained: str | None = None
+        self.train_acc = MulticlassAccuracy(num_classes=10, average="micro")
+        self.val_acc = MulticlassAccuracy(num_classes=10, average="micro")
+        self.test_acc = MulticlassAccuracy(num_classes=10, average="micro")
+        self.train_loss = MeanMetric()
+        self.val_acc_best = MaxMetric()
+
+    def calibrated_softmax(self, logits: torch.Tensor) -> torch.Tensor:
+        """p_c = (exp(a*l_c) + eta) / (sum_j exp(a*l_j) + 10*eta), computed in log space."""
+        scaled = self.logit_scale * logits
+        log_eta = torch.full_like(scaled[:, :1], math.log(self.confidence_level))
+        numerator = torch.logaddexp(scaled, log_eta)
+        denominator = torch.logsumexp(torch.cat([scaled, log_eta + math.log(10)], dim=1), dim=1)
+        return (numerator - denominator[:, None]).exp()
+
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        x, y, _ = batch
+        logits = self(x)
+        loss = F.cross_entropy(logits, y)
+        self.train_loss(loss)
+        self.train_acc(logits.argmax(1), y)
+        self.log("train/loss", self.train_loss, on_step=True, on_epoch=True, prog_bar=True)
+        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True)
+        return loss
+
+    def on_train_start(self) -> None:
+        self.val_acc_best.reset()  # the sanity check must not count as a best epoch
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        x, y, _ = batch
+        self.val_acc(self(x).argmax(1), y)
+        self.log("val/acc", self.val_acc, on_step=False, on_epoch=True, prog_bar=True)
+
+    def on_validation_epoch_end(self) -> None:
+        self.val_acc_best(self.val_acc.compute())
+        self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True)
+
+    def test_step(self, batch: Batch, batch_idx: int) -> dict[str, torch.Tensor]:
+        """Clean predictions; returns the per-sample columns that evaluate.py writes."""
+        x, y, index = batch
+        pred = self(x).argmax(1)
+        self.test_acc(pred, y)
+        self.log("test/acc", self.test_acc, on_step=False, on_epoch=True)
+        return {"index": index, "label": y, "clean_pred": pred}
+
+    def configure_optimizers(self) -> Any:
+        optimizer = torch.optim.Adam(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        if self.scheduler == "none":
+            return optimizer
+        schedule = torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=self.lr, total_steps=int(self.trainer.estimated_stepping_batches)
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

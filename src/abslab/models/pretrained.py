@@ -1,0 +1,75 @@
+"""Loading the authors' published weights (PyTorch 0.4 state dicts) into abslab's networks."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from abslab.models.nets import ConvNet
+
+# Their CNN key layout `conv_i.*` / `bn_i.*` -> ConvNet's `convs.i.*` / `norms.i.*`.
+_REFERENCE_CNN_KEY = re.compile(r"^(conv|bn)_(\d+)\.(.+)$")
+
+
+class WeightsError(RuntimeError):
+    """A weight file is missing or does not fit the model; the message names the file and fix."""
+
+
+def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """A state dict from an untrusted file, loaded with weights_only=True."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"No weight file at {path.resolve()}. Check the path.")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise WeightsError(f"{path} is not a loadable PyTorch state dict: {err}") from err
+    if not isinstance(state, dict):
+        raise WeightsError(f"{path} holds a {type(state).__name__}, not a state dict.")
+    return state
+
+
+def convert_reference_cnn(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename the authors' CNN keys (conv_0.weight, bn_0.running_mean, ...) to ConvNet's."""
+    converted = {}
+    for key, value in state.items():
+        match = _REFERENCE_CNN_KEY.match(key)
+        if match is None:
+            raise WeightsError(f"Unexpected key {key!r} in a reference CNN state dict.")
+        kind, index, rest = match.groups()
+        converted[f"{'convs' if kind == 'conv' else 'norms'}.{index}.{rest}"] = value
+    return converted
+
+
+def load_checked(module: nn.Module, state: dict[str, torch.Tensor], source: str | Path) -> None:
+    """Copy `state` into `module` after checking every key and shape.
+
+    BatchNorm's `num_batches_tracked` may be absent (PyTorch 0.4 files lack it); nothing else may.
+    """
+    expected = module.state_dict()
+    required = {k for k in expected if not k.endswith("num_batches_tracked")}
+    missing = sorted(required - state.keys())
+    unexpected = sorted(state.keys() - expected.keys())
+    mismatched = [
+        f"{k}: file {tuple(v.shape)} vs model {tuple(expected[k].shape)}"
+        for k, v in state.items()
+        if k in expected and v.shape != expected[k].shape
+    ]
+    if missing or unexpected or mismatched:
+        raise WeightsError(
+            f"{source} does not fit {type(module).__name__}: missing {missing}, "
+            f"unexpected {unexpected}, shape mismatches {mismatched}."
+        )
+    module.load_state_dict(state, strict=False)
+
+
+def load_reference_cnn(net: ConvNet, path: str | Path, default_file: str) -> Path:
+    """Load the authors' CNN weights into `net`; a directory means `default_file` inside it."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / default_file
+    load_checked(net, convert_reference_cnn(load_state_dict_file(path)), path)
+    return path

@@ -1,0 +1,80 @@
+"""Evaluating a defense: the body of evaluate.py. Clean accuracy, per sample."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.loggers import WandbLogger
+
+from abslab.callbacks.per_sample import PerSampleRecorder
+from abslab.models.checkpoints import load_checkpoint_weights
+from abslab.models.pretrained import WeightsError
+from abslab.utils.loggers import build_logger, finish_logger, log_summary
+from abslab.utils.run_io import git_commit, hardware, write_summary
+from abslab.utils.seeding import seed_if_given
+
+log = logging.getLogger(__name__)
+
+
+def accuracy(rows: list[dict[str, int]], column: str) -> float:
+    """Fraction of rows whose `column` prediction equals the label."""
+    return sum(row[column] == row["label"] for row in rows) / len(rows)
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Evaluate `cfg.model` (weights from `cfg.ckpt` or `model.pretrained`) on the test slice."""
+    seed_if_given(cfg.seed)
+    output_dir = Path(cfg.output_dir)
+    datamodule = instantiate(cfg.data)
+    model = instantiate(cfg.model)
+    if cfg.ckpt is not None:
+        load_checkpoint_weights(model, cfg.ckpt)
+    elif model.needs_training and model.pretrained is None:
+        raise WeightsError(
+            f"model={model.name} has no weights: give ckpt=PATH (a checkpoint from train.py)"
+            " or, where published weights exist, model.pretrained=PATH."
+        )
+    logger = build_logger(cfg)
+    recorder = PerSampleRecorder(output_dir / "per_sample.csv")
+    trainer: pl.Trainer = instantiate(cfg.trainer, logger=logger or False, callbacks=[recorder])
+    status = "failed"
+    start = time.time()
+    try:
+        trainer.test(model, datamodule)
+        rows = recorder.rows
+        summary: dict[str, Any] = {
+            "model": model.name,
+            "attack": cfg.attack.name,
+            "n_samples": len(rows),
+            "first_index": rows[0]["index"],
+            "clean_accuracy": accuracy(rows, "clean_pred"),
+        }
+        if "pgd_pred" in rows[0]:
+            summary["pgd_accuracy"] = accuracy(rows, "pgd_pred")
+        summary.update(
+            ckpt=cfg.ckpt,
+            pretrained=model.pretrained,
+            output_dir=str(output_dir),
+            wall_time_s=round(time.time() - start, 1),
+            commit=git_commit(),
+            hardware=hardware(),
+        )
+        log_summary(logger, summary)
+        if isinstance(logger, WandbLogger):
+            columns = list(rows[0])
+            logger.log_table("per_sample", columns=columns, data=[list(r.values()) for r in rows])
+        summary["config"] = OmegaConf.to_container(cfg, resolve=True)
+        path = write_summary(output_dir, summary)
+        log.info("Per-sample results: %s", recorder.path)
+        log.info("Summary: %s", path)
+        log.info("Clean accuracy on %d samples: %.4f", len(rows), summary["clean_accuracy"])
+        status = "success"
+        return summary
+    finally:
+        finish_logger(logger, status)

@@ -1,0 +1,71 @@
+"""Training a defense: the body of train.py, a plain function of the composed config."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from abslab.utils.loggers import build_logger, finish_logger, log_summary
+from abslab.utils.run_io import git_commit, hardware, write_summary
+from abslab.utils.seeding import seed_if_given
+
+log = logging.getLogger(__name__)
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Fit `cfg.model` on `cfg.data`, test the best checkpoint, write summary.json."""
+    seed_if_given(cfg.seed)
+    if cfg.ckpt_path is not None and not Path(cfg.ckpt_path).is_file():
+        raise FileNotFoundError(
+            f"ckpt_path={cfg.ckpt_path} does not exist; give the last.ckpt of the run to resume."
+        )
+    output_dir = Path(cfg.output_dir)
+    datamodule = instantiate(cfg.data)
+    model = instantiate(cfg.model)
+    logger = build_logger(cfg)
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+    trainer: pl.Trainer = instantiate(cfg.trainer, logger=logger or False, callbacks=callbacks)
+    status = "failed"
+    start = time.time()
+    try:
+        summary: dict[str, Any] = {"model": model.name, "seed": cfg.seed}
+        best = None
+        if model.needs_training:
+            trainer.fit(model, datamodule, ckpt_path=cfg.ckpt_path)
+            checkpointer = trainer.checkpoint_callback
+            best = (checkpointer.best_model_path or None) if checkpointer else None
+            summary["best_checkpoint"] = best
+            summary["last_checkpoint"] = (checkpointer.last_model_path or None) if checkpointer else None
+            summary["epochs"] = trainer.current_epoch
+            summary["steps"] = trainer.global_step
+            if "val/acc_best" in trainer.callback_metrics:
+                summary["val_accuracy_best"] = float(trainer.callback_metrics["val/acc_best"])
+        else:
+            log.info("model=%s needs no training; testing it as it is.", model.name)
+        if cfg.test_after_fit:
+            results = trainer.test(model, datamodule, ckpt_path=best)
+            summary.update({k.replace("test/", "test_"): v for k, v in results[0].items()})
+        summary.update(
+            output_dir=str(output_dir),
+            wall_time_s=round(time.time() - start, 1),
+            commit=git_commit(),
+            hardware=hardware(),
+        )
+        if trainer.is_global_zero:
+            path = write_summary(output_dir, summary)
+            log_summary(logger, summary)
+            log.info("Run directory: %s", output_dir)
+            log.info("Best checkpoint: %s", summary.get("best_checkpoint"))
+            log.info("Summary: %s", path)
+            if "test_acc" in summary:
+                log.info("Test accuracy: %.4f", summary["test_acc"])
+        status = "success"
+        return summary
+    finally:
+        finish_logger(logger, status)
