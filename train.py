@@ -1,4 +1,4 @@
-"""Train a defense: `python train.py model=cnn trainer.max_epochs=5 seed=0` (Hydra config in conf/)."""
+"""Train a defense: `python train.py model=cnn trainer.max_epochs=5 seed=0` (configs in conf/)."""
 
 import hydra
 from omegaconf import DictConfig

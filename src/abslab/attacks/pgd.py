@@ -23,10 +23,8 @@ def pgd_linf(
     gradient is computed, so parameter gradients are left untouched.
     """
     x = x.detach()
-    if random_start:
-        x_adv = (x + torch.empty_like(x).uniform_(-eps, eps)).clamp(0, 1)
-    else:
-        x_adv = x.clone()
+    noise = torch.empty_like(x).uniform_(-eps, eps) if random_start else torch.zeros_like(x)
+    x_adv = (x + noise).clamp(0, 1)
     with torch.enable_grad():
         for _ in range(steps):
             x_adv.requires_grad_(True)

@@ -82,7 +82,8 @@ class MadryDefense(Defense):
             if (x_adv - x).abs().max() > self.eps + 1e-6:
                 raise RuntimeError("PGD left the epsilon ball; this is a bug in pgd_linf.")
             pgd_pred = self(x_adv).argmax(1)
-            self.log("test/pgd_acc", (pgd_pred == y).float().mean(), on_epoch=True,
-                     batch_size=len(y))
+            self.log(
+                "test/pgd_acc", (pgd_pred == y).float().mean(), on_epoch=True, batch_size=len(y)
+            )
             columns["pgd_pred"] = pgd_pred
         return columns

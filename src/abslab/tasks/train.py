@@ -41,7 +41,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             checkpointer = trainer.checkpoint_callback
             best = (checkpointer.best_model_path or None) if checkpointer else None
             summary["best_checkpoint"] = best
-            summary["last_checkpoint"] = (checkpointer.last_model_path or None) if checkpointer else None
+            summary["last_checkpoint"] = (
+                (checkpointer.last_model_path or None) if checkpointer else None
+            )
             summary["epochs"] = trainer.current_epoch
             summary["steps"] = trainer.global_step
             if "val/acc_best" in trainer.callback_metrics:

@@ -1,0 +1,74 @@
+"""evaluate.py's task: summary.json and per_sample.csv, and the errors a user can hit."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+from conftest import REFERENCE_MODELS, run_evaluate, run_train, tiny_overrides
+
+from abslab.models.pretrained import WeightsError
+
+PRETRAINED = f"model.pretrained={REFERENCE_MODELS / 'cnn'}"
+
+
+def test_evaluate_writes_summary_and_per_sample_rows(tmp_path):
+    summary = run_evaluate(
+        tiny_overrides(
+            "model=cnn", PRETRAINED, "data.test_samples=100", "data.test_offset=50", "logger=wandb"
+        ),
+        tmp_path,
+    )
+    with (tmp_path / "per_sample.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["index", "label", "clean_pred"]
+    assert [int(r["index"]) for r in rows] == list(range(50, 150))
+    accuracy = sum(r["label"] == r["clean_pred"] for r in rows) / len(rows)
+    saved = json.loads((tmp_path / "summary.json").read_text())
+    assert saved["n_samples"] == summary["n_samples"] == 100
+    assert saved["clean_accuracy"] == pytest.approx(accuracy) and accuracy > 0.95
+    assert saved["model"] == "cnn" and saved["config"]["data"]["test_offset"] == 50
+    assert list((tmp_path / "wandb").glob("offline-run-*"))
+
+
+def test_evaluate_a_trained_checkpoint_and_reject_a_mismatched_one(tmp_path):
+    run_train(
+        tiny_overrides(
+            "model=madry",
+            "model.train_steps=1",
+            "model.test_pgd_steps=1",
+            "trainer.max_epochs=1",
+            "+trainer.limit_train_batches=2",
+            "+trainer.limit_val_batches=1",
+            "test_after_fit=false",
+        ),
+        tmp_path / "train",
+    )
+    ckpt = tmp_path / "train" / "checkpoints" / "last.ckpt"
+    summary = run_evaluate(
+        tiny_overrides(
+            "model=madry", f"ckpt={ckpt}", "data.test_samples=20", "model.test_pgd_steps=2"
+        ),
+        tmp_path / "eval",
+    )
+    assert summary["n_samples"] == 20 and 0 <= summary["pgd_accuracy"] <= 1
+    with pytest.raises(WeightsError, match="trained as model=madry.*model=cnn"):
+        run_evaluate(tiny_overrides("model=cnn", f"ckpt={ckpt}"), tmp_path / "wrong")
+
+
+def test_evaluate_needs_weights_and_says_how(tmp_path):
+    with pytest.raises(WeightsError, match=r"ckpt=PATH.*model.pretrained=PATH"):
+        run_evaluate(tiny_overrides("model=cnn"), tmp_path)
+    with pytest.raises(WeightsError, match="does not exist"):
+        run_evaluate(tiny_overrides("model=cnn", f"ckpt={tmp_path / 'x.ckpt'}"), tmp_path)
+    (tmp_path / "garbage.ckpt").write_bytes(b"not a checkpoint")
+    with pytest.raises(WeightsError, match="not a loadable checkpoint"):
+        run_evaluate(tiny_overrides("model=cnn", f"ckpt={tmp_path / 'garbage.ckpt'}"), tmp_path)
+
+
+def test_nearest_neighbor_needs_no_weights(tmp_path):
+    summary = run_evaluate(
+        tiny_overrides("model=nearest_neighbor", "data.test_samples=50"), tmp_path
+    )
+    assert summary["n_samples"] == 50 and summary["clean_accuracy"] > 0.9
