@@ -12,7 +12,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from abslab.utils.loggers import build_logger, finish_logger, log_summary
-from abslab.utils.run_io import git_commit, hardware, write_summary
+from abslab.utils.run_io import command_line, git_commit, hardware, write_summary
 from abslab.utils.seeding import seed_if_given
 
 log = logging.getLogger(__name__)
@@ -56,6 +56,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         summary.update(
             output_dir=str(output_dir),
             wall_time_s=round(time.time() - start, 1),
+            command=command_line(),
             commit=git_commit(),
             hardware=hardware(),
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import platform
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,11 @@ def git_commit() -> str | None:
     except (OSError, subprocess.CalledProcessError):
         return None
     return f"{commit}-dirty" if dirty else commit
+
+
+def command_line() -> str:
+    """The command that started this process, for results files."""
+    return " ".join(["python", *sys.argv])
 
 
 def hardware() -> str:
