@@ -79,3 +79,23 @@ def test_wrong_model_name_lists_the_choices(tmp_path):
     )
     assert result.returncode != 0
     assert "resnet" in result.stderr and "madry" in result.stderr
+
+
+@pytest.mark.slow
+def test_ddp_on_two_cpu_processes(tmp_path):
+    _run(
+        "train.py",
+        [
+            "trainer=ddp",
+            "trainer.accelerator=cpu",
+            "trainer.devices=2",
+            "debug=fast",
+            "logger=none",
+            f"hydra.run.dir={tmp_path}",
+            *COMMON,
+        ],
+        tmp_path,
+    )
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["model"] == "cnn" and 0 <= summary["test_acc"] <= 1
+    assert (tmp_path / "train_ddp_process_1.log").exists()  # a second process really ran

@@ -30,7 +30,7 @@ class CNNDefense(Defense):
         confidence_level: float = 1_439_000.0,
     ) -> None:
         super().__init__(name, logit_scale, confidence_level, lr, weight_decay, scheduler)
-        self.save_hyperparameters()
+        self.save_hyperparameters(logger=False)
         self.binarize_input = binarize_input
         self.net = vanilla_cnn()
         if pretrained is not None:

@@ -37,7 +37,7 @@ class MadryDefense(Defense):
         confidence_level: float = 60.0,
     ) -> None:
         super().__init__(name, logit_scale, confidence_level, lr, weight_decay, scheduler)
-        self.save_hyperparameters()
+        self.save_hyperparameters(logger=False)
         if not 0 <= eps_warmup <= 1:
             raise ValueError(f"model.eps_warmup={eps_warmup}: give a fraction in [0, 1].")
         self.eps = eps

@@ -25,7 +25,7 @@ class NearestNeighborDefense(Defense):
         confidence_level: float = 4e-12,
     ) -> None:
         super().__init__(name, logit_scale, confidence_level)
-        self.save_hyperparameters()
+        self.save_hyperparameters(logger=False)
         # The reference set comes from the data, not the checkpoint: non-persistent buffers.
         self.register_buffer("references", torch.empty(0, 784), persistent=False)
         self.register_buffer("reference_sq_norms", torch.empty(0), persistent=False)
