@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from conftest import CONF, MNIST_ROOT, compose_config
 from hydra.errors import MissingConfigException
 from hydra.utils import instantiate
+
+from conftest import CONF, MNIST_ROOT, compose_config
 
 GROUP_OPTIONS = sorted(
     (group.name, path.stem)

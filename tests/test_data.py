@@ -8,10 +8,10 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from conftest import MNIST_ROOT
 
 from abslab.data.idx import DataFileError, parse_idx, read_idx
 from abslab.data.mnist import MNIST_FILES, MNISTDataModule, download_mnist, load_mnist
+from conftest import MNIST_ROOT
 
 
 def test_idx_known_values(mnist_arrays):

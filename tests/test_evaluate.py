@@ -6,9 +6,9 @@ import csv
 import json
 
 import pytest
-from conftest import REFERENCE_MODELS, run_evaluate, run_train, tiny_overrides
 
 from abslab.models.pretrained import WeightsError
+from conftest import REFERENCE_MODELS, run_evaluate, run_train, tiny_overrides
 
 PRETRAINED = f"model.pretrained={REFERENCE_MODELS / 'cnn'}"
 

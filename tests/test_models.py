@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import MNIST_ROOT, REFERENCE_MODELS, run_train, tiny_overrides
 from torch.nn import functional as F
 
 from abslab.data.mnist import MNISTDataModule
@@ -13,6 +12,7 @@ from abslab.models.madry import MadryDefense
 from abslab.models.nearest_neighbor import NearestNeighborDefense
 from abslab.models.nets import binarize
 from abslab.models.pretrained import WeightsError, load_state_dict_file
+from conftest import MNIST_ROOT, REFERENCE_MODELS, run_train, tiny_overrides
 
 CNN_DIR = REFERENCE_MODELS / "cnn"
 

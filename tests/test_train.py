@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+
 from conftest import run_train, tiny_overrides
 
 SHORT = [
