@@ -154,3 +154,9 @@ def test_madry_training_uses_adversarial_inputs():
     assert x_adv.min() >= 0 and x_adv.max() <= 1
     assert F.cross_entropy(model(x_adv), y) > F.cross_entropy(model(x), y)
     assert all(p.grad is None for p in model.parameters())
+
+
+def test_a_nan_loss_stops_training_with_advice():
+    model = CNNDefense()
+    with pytest.raises(FloatingPointError, match="model=cnn.*Lower model.lr"):
+        model.classification_loss(torch.full((2, 10), float("nan")), torch.zeros(2).long(), "k")

@@ -68,12 +68,22 @@ class Defense(pl.LightningModule):
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         x, y, _ = batch
-        logits = self(x)
+        return self.classification_loss(self(x), y, accuracy_key="train/acc")
+
+    def classification_loss(
+        self, logits: torch.Tensor, y: torch.Tensor, accuracy_key: str
+    ) -> torch.Tensor:
+        """Cross-entropy of logits (B, 10) against y (B,), logged; stops the run on NaN or inf."""
         loss = F.cross_entropy(logits, y)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"model={self.name}: the training loss is {loss.item()} at step "
+                f"{self.global_step}. Lower model.lr, or resume from an earlier checkpoint."
+            )
         self.train_loss(loss)
         self.train_acc(logits.argmax(1), y)
         self.log("train/loss", self.train_loss, on_step=True, on_epoch=True, prog_bar=True)
-        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True)
+        self.log(accuracy_key, self.train_acc, on_step=False, on_epoch=True, prog_bar=True)
         return loss
 
     def on_train_start(self) -> None:

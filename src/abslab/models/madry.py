@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-from torch.nn import functional as F
 
 from abslab.attacks.pgd import pgd_linf
 from abslab.models.base import Batch, Defense
@@ -65,14 +64,8 @@ class MadryDefense(Defense):
         eps = self.current_eps()
         step_size = self.train_step_size * eps / self.eps
         x_adv = pgd_linf(self, x, y, eps, self.train_steps, step_size, self.random_start)
-        logits = self(x_adv)
-        loss = F.cross_entropy(logits, y)
-        self.train_loss(loss)
-        self.train_acc(logits.argmax(1), y)
-        self.log("train/loss", self.train_loss, on_step=True, on_epoch=True, prog_bar=True)
-        self.log("train/adv_acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True)
         self.log("train/eps", eps, on_step=True, on_epoch=False)
-        return loss
+        return self.classification_loss(self(x_adv), y, accuracy_key="train/adv_acc")
 
     def test_step(self, batch: Batch, batch_idx: int) -> dict[str, torch.Tensor]:
         columns = super().test_step(batch, batch_idx)
