@@ -123,6 +123,7 @@ def test_test_slice_and_offset(mnist_arrays):
         ({"test_offset": 10000}, "data.test_offset"),
         ({"test_samples": 0}, "data.test_samples"),
         ({"val_size": 60000}, "data.val_size"),
+        ({"test_offset": 9990, "test_samples": 20}, "test_offset=9990 .* passes the 10,000"),
     ],
 )
 def test_datamodule_rejects_bad_arguments(kwargs, match):

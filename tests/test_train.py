@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import csv
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -26,8 +30,18 @@ def test_checkpoints_are_written(tmp_path):
     assert checkpoint["global_step"] == 3 and checkpoint["hyper_parameters"]["name"] == "cnn"
 
 
+def _val_accuracies(run_dir):
+    """Every val/acc the CSV logger recorded in run_dir, over all its versions."""
+    values = []
+    for metrics in sorted((run_dir / "csv").rglob("metrics.csv")):
+        rows = csv.DictReader(metrics.open())
+        values += [float(r["val/acc"]) for r in rows if r.get("val/acc")]
+    return values
+
+
 def test_a_crashed_run_resumes_where_it_stopped(tmp_path):
-    two_epochs = [*SHORT, "trainer.max_epochs=2"]
+    run_dir = tmp_path / "run"
+    two_epochs = [*SHORT, "trainer.max_epochs=2", "logger=csv"]
     with pytest.raises(RuntimeError, match="simulated crash at step 4"):
         run_train(
             tiny_overrides(
@@ -35,15 +49,22 @@ def test_a_crashed_run_resumes_where_it_stopped(tmp_path):
                 "+callbacks.crash._target_=conftest.CrashAtStep",
                 "+callbacks.crash.step=4",
             ),
-            tmp_path / "crashed",
+            run_dir,
         )
-    saved = tmp_path / "crashed" / "checkpoints" / "on_exception.ckpt"
+    saved = run_dir / "checkpoints" / "on_exception.ckpt"
     checkpoint = torch.load(saved, map_location="cpu", weights_only=True)
     assert checkpoint["global_step"] == 4
+    assert checkpoint["best_val_acc"] == _val_accuracies(run_dir)[0]  # epoch 0 was validated
 
-    resumed = run_train(tiny_overrides(*two_epochs, f"ckpt_path={saved}"), tmp_path / "resumed")
+    # Resume in the same run directory, so the best-checkpoint bookkeeping carries on.
+    resumed = run_train(tiny_overrides(*two_epochs, f"ckpt_path={saved}"), run_dir)
     assert resumed["steps"] == 6 and resumed["epochs"] == 2
-    after = torch.load(tmp_path / "resumed" / "checkpoints" / "last.ckpt", weights_only=True)
+    val_accuracies = _val_accuracies(run_dir)
+    assert len(val_accuracies) == 2
+    assert resumed["val_accuracy_best"] == max(val_accuracies)
+    best_epoch = val_accuracies.index(max(val_accuracies))
+    assert resumed["best_checkpoint"].endswith(f"epoch_{best_epoch:03d}.ckpt")
+    after = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     assert any(
         not torch.equal(after["state_dict"][k], v) for k, v in checkpoint["state_dict"].items()
     )
@@ -70,8 +91,28 @@ def test_same_seed_same_result_and_seed_zero_counts(tmp_path):
 
 def test_csv_and_wandb_loggers_write_into_the_run_dir(tmp_path):
     run_train(tiny_overrides(*SHORT, "logger=csv"), tmp_path / "csv")
-    metrics = list((tmp_path / "csv" / "csv").rglob("metrics.csv"))
-    assert metrics and "val/acc" in metrics[0].read_text()
-    run_train(tiny_overrides(*SHORT, "logger=wandb"), tmp_path / "wandb")
+    assert _val_accuracies(tmp_path / "csv")
+    summary = run_train(
+        tiny_overrides(*SHORT, "logger=wandb", "model=binary_cnn"), tmp_path / "wandb"
+    )
     runs = list((tmp_path / "wandb" / "wandb").glob("offline-run-*"))
-    assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
+    assert len(runs) == 1
+    inspected = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "wandb"),
+            "leet",
+            "inspect",
+            "--summary",
+            "--json",
+            str(runs[0]),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    record = json.loads(inspected.stdout)
+    assert record["config"]["model"]["name"] == "binary_cnn"  # the resolved Hydra config
+    assert record["config"]["output_dir"] == str(tmp_path / "wandb")
+    assert record["summary"]["test_acc"] == pytest.approx(summary["test_acc"])
+    assert record["summary"]["best_checkpoint"] == summary["best_checkpoint"]

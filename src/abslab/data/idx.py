@@ -33,7 +33,8 @@ def read_bytes(path: Path) -> bytes:
     except (EOFError, OSError, zlib.error) as err:
         raise DataFileError(
             f"{path} is not a valid gzip file ({err}); it is probably truncated or corrupt. "
-            "Delete it and run again to download it afresh, or copy a good one in its place."
+            "Delete it and run with data.download=true to fetch it afresh, or copy a good one in "
+            "its place."
         ) from err
 
 

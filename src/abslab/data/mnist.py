@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import http.client
 import logging
 import urllib.request
 from dataclasses import dataclass
@@ -56,7 +57,8 @@ def _checked_content(path: Path, file: MnistFile) -> bytes:
         raise DataFileError(
             f"{path} does not match the canonical {file.name} (size {len(content)} vs "
             f"{file.size}, md5 {hashlib.md5(content).hexdigest()} vs {file.md5}): it is truncated "
-            "or corrupt. Delete it and run again to download it afresh, or copy a good one in."
+            "or corrupt. Delete it and run with data.download=true to fetch it afresh, or copy "
+            "a good one in its place."
         )
     return content
 
@@ -78,7 +80,7 @@ def download_mnist(root: str | Path, mirrors: tuple[str, ...] = MIRRORS) -> None
                 with urllib.request.urlopen(url, timeout=30) as response:
                     partial.write_bytes(response.read())
                 _checked_content(partial, file)
-            except (OSError, DataFileError) as err:
+            except (OSError, http.client.HTTPException, DataFileError) as err:
                 errors.append(f"{url}: {err}")
                 partial.unlink(missing_ok=True)
                 continue
@@ -146,6 +148,11 @@ class MNISTDataModule(pl.LightningDataModule):
             raise ValueError(f"data.test_offset={test_offset}: it must be in [0, 10000).")
         if test_samples is not None and test_samples < 1:
             raise ValueError(f"data.test_samples={test_samples}: give a positive count or null.")
+        if test_samples is not None and test_offset + test_samples > 10000:
+            raise ValueError(
+                f"data.test_offset={test_offset} + data.test_samples={test_samples} passes the "
+                "10,000 test images; lower one of them."
+            )
         if train_samples is not None and train_samples < 1:
             raise ValueError(f"data.train_samples={train_samples}: give a positive count or null.")
         self.root = Path(root)
@@ -181,7 +188,7 @@ class MNISTDataModule(pl.LightningDataModule):
         self.val_set = self._dataset(arrays["train_images"], arrays["train_labels"], val_idx)
         stop = len(arrays["test_labels"])
         if self.test_samples is not None:
-            stop = min(stop, self.test_offset + self.test_samples)
+            stop = self.test_offset + self.test_samples
         test_idx = torch.arange(self.test_offset, stop)
         self.test_set = self._dataset(arrays["test_images"], arrays["test_labels"], test_idx)
 

@@ -8,7 +8,7 @@ from typing import Any, Literal
 import pytorch_lightning as pl
 import torch
 from torch.nn import functional as F
-from torchmetrics import MaxMetric, MeanMetric
+from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 GradientMode = Literal["exact", "straight_through", "none"]
@@ -56,7 +56,7 @@ class Defense(pl.LightningModule):
         self.val_acc = MulticlassAccuracy(num_classes=10, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes=10, average="micro")
         self.train_loss = MeanMetric()
-        self.val_acc_best = MaxMetric()
+        self.best_val_acc = float("-inf")  # kept in checkpoints, so a resumed run knows it
 
     def calibrated_softmax(self, logits: torch.Tensor) -> torch.Tensor:
         """p_c = (exp(a*l_c) + eta) / (sum_j exp(a*l_j) + 10*eta), computed in log space."""
@@ -86,17 +86,22 @@ class Defense(pl.LightningModule):
         self.log(accuracy_key, self.train_acc, on_step=False, on_epoch=True, prog_bar=True)
         return loss
 
-    def on_train_start(self) -> None:
-        self.val_acc_best.reset()  # the sanity check must not count as a best epoch
-
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         x, y, _ = batch
         self.val_acc(self(x).argmax(1), y)
         self.log("val/acc", self.val_acc, on_step=False, on_epoch=True, prog_bar=True)
 
     def on_validation_epoch_end(self) -> None:
-        self.val_acc_best(self.val_acc.compute())
-        self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True)
+        if self.trainer.sanity_checking:  # a couple of batches before training: not an epoch
+            return
+        self.best_val_acc = max(self.best_val_acc, float(self.val_acc.compute()))
+        self.log("val/acc_best", self.best_val_acc, prog_bar=True)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["best_val_acc"] = self.best_val_acc
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.best_val_acc = checkpoint.get("best_val_acc", float("-inf"))
 
     def test_step(self, batch: Batch, batch_idx: int) -> dict[str, torch.Tensor]:
         """Clean predictions; returns the per-sample columns that evaluate.py writes."""

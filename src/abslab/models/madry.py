@@ -62,7 +62,7 @@ class MadryDefense(Defense):
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         x, y, _ = batch
         eps = self.current_eps()
-        step_size = self.train_step_size * eps / self.eps
+        step_size = self.train_step_size * eps / self.eps if self.eps > 0 else 0.0
         x_adv = pgd_linf(self, x, y, eps, self.train_steps, step_size, self.random_start)
         self.log("train/eps", eps, on_step=True, on_epoch=False)
         return self.classification_loss(self(x_adv), y, accuracy_key="train/adv_acc")

@@ -16,7 +16,9 @@ class ConvNet(nn.Module):
     Input (N, 1, 28, 28) -> logits (N, channels[-1]).
     """
 
-    def __init__(self, channels: Sequence[int], kernels: Sequence[int], strides: Sequence[int]):
+    def __init__(
+        self, channels: Sequence[int], kernels: Sequence[int], strides: Sequence[int]
+    ) -> None:
         super().__init__()
         if not len(channels) - 1 == len(kernels) == len(strides):
             raise ValueError("ConvNet needs one kernel size and one stride per layer.")
@@ -35,11 +37,6 @@ class ConvNet(nn.Module):
 def vanilla_cnn() -> ConvNet:
     """The paper's vanilla CNN: 249,228 parameters, logits from a 10x1x1 output."""
     return ConvNet([1, 20, 70, 256, 10], kernels=[5, 4, 3, 5], strides=[1, 2, 2, 1])
-
-
-def transfer_cnn() -> ConvNet:
-    """The authors' substitute CNN for transfer attacks: 52,010 parameters."""
-    return ConvNet([1, 32, 32, 64, 10], kernels=[5, 4, 3, 5], strides=[1, 2, 2, 1])
 
 
 class MadryNet(nn.Module):

@@ -28,17 +28,25 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
     except Exception as err:
         raise WeightsError(f"{path} is not a loadable PyTorch state dict: {err}") from err
     if not isinstance(state, dict):
-        raise WeightsError(f"{path} holds a {type(state).__name__}, not a state dict.")
+        raise WeightsError(
+            f"{path} holds a {type(state).__name__}, not a state dict: give the file of the "
+            "published weights (e.g. vanilla_cnn.net) or the directory that holds it."
+        )
     return state
 
 
-def convert_reference_cnn(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def convert_reference_cnn(
+    state: dict[str, torch.Tensor], source: str | Path
+) -> dict[str, torch.Tensor]:
     """Rename the authors' CNN keys (conv_0.weight, bn_0.running_mean, ...) to ConvNet's."""
     converted = {}
     for key, value in state.items():
         match = _REFERENCE_CNN_KEY.match(key)
         if match is None:
-            raise WeightsError(f"Unexpected key {key!r} in a reference CNN state dict.")
+            raise WeightsError(
+                f"{source} has key {key!r}, which is not in the authors' CNN layout "
+                "(conv_i.*, bn_i.*): it is not one of their CNN weight files."
+            )
         kind, index, rest = match.groups()
         converted[f"{'convs' if kind == 'conv' else 'norms'}.{index}.{rest}"] = value
     return converted
@@ -71,5 +79,5 @@ def load_reference_cnn(net: ConvNet, path: str | Path, default_file: str) -> Pat
     path = Path(path)
     if path.is_dir():
         path = path / default_file
-    load_checked(net, convert_reference_cnn(load_state_dict_file(path)), path)
+    load_checked(net, convert_reference_cnn(load_state_dict_file(path), path), path)
     return path

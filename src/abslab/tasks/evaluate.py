@@ -40,12 +40,19 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             f"model={model.name} has no weights: give ckpt=PATH (a checkpoint from train.py)"
             " or, where published weights exist, model.pretrained=PATH."
         )
-    logger = build_logger(cfg)
     recorder = PerSampleRecorder(output_dir / "per_sample.csv")
-    trainer: pl.Trainer = instantiate(cfg.trainer, logger=logger or False, callbacks=[recorder])
+    logger = None
     status = "failed"
     start = time.time()
     try:
+        logger = build_logger(cfg)
+        trainer: pl.Trainer = instantiate(cfg.trainer, logger=logger or False, callbacks=[recorder])
+        if trainer.world_size > 1:
+            raise ValueError(
+                f"evaluate.py runs on one device, not {trainer.world_size}: set trainer.devices=1 "
+                "and shard a large evaluation with data.test_offset and data.test_samples in a "
+                "multirun (-m) instead."
+            )
         trainer.test(model, datamodule)
         rows = recorder.rows
         summary: dict[str, Any] = {
@@ -55,11 +62,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             "first_index": rows[0]["index"],
             "clean_accuracy": accuracy(rows, "clean_pred"),
         }
-        if "pgd_pred" in rows[0]:
+        if "pgd_pred" in rows[0]:  # Madry's own PGD check (model.test_pgd_steps), not an attack
             summary["pgd_accuracy"] = accuracy(rows, "pgd_pred")
+            summary["pgd_steps"] = model.test_pgd_steps
+            summary["pgd_eps"] = model.eps
         summary.update(
             ckpt=cfg.ckpt,
-            pretrained=model.pretrained,
+            pretrained=model.pretrained if cfg.ckpt is None else None,
             output_dir=str(output_dir),
             wall_time_s=round(time.time() - start, 1),
             command=command_line(),

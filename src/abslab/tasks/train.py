@@ -28,12 +28,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     output_dir = Path(cfg.output_dir)
     datamodule = instantiate(cfg.data)
     model = instantiate(cfg.model)
-    logger = build_logger(cfg)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
-    trainer: pl.Trainer = instantiate(cfg.trainer, logger=logger or False, callbacks=callbacks)
+    logger = None
     status = "failed"
     start = time.time()
     try:
+        logger = build_logger(cfg)
+        trainer: pl.Trainer = instantiate(cfg.trainer, logger=logger or False, callbacks=callbacks)
         summary: dict[str, Any] = {"model": model.name, "seed": cfg.seed}
         best = None
         if model.needs_training:
@@ -46,8 +47,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             )
             summary["epochs"] = trainer.current_epoch
             summary["steps"] = trainer.global_step
-            if "val/acc_best" in trainer.callback_metrics:
-                summary["val_accuracy_best"] = float(trainer.callback_metrics["val/acc_best"])
+            if model.best_val_acc > float("-inf"):
+                summary["val_accuracy_best"] = model.best_val_acc
         else:
             log.info("model=%s needs no training; testing it as it is.", model.name)
         if cfg.test_after_fit:

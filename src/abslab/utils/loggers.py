@@ -37,4 +37,4 @@ def finish_logger(logger: Logger | None, status: str) -> None:
         import wandb
 
         if wandb.run is not None:
-            wandb.finish()
+            wandb.finish(exit_code=0 if status == "success" else 1)
