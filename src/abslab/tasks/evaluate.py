@@ -44,6 +44,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     logger = None
     status = "failed"
     start = time.time()
+    commit = git_commit()  # at the start: the code that runs, whatever HEAD is later
     try:
         logger = build_logger(cfg)
         trainer: pl.Trainer = instantiate(cfg.trainer, logger=logger or False, callbacks=[recorder])
@@ -72,7 +73,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             output_dir=str(output_dir),
             wall_time_s=round(time.time() - start, 1),
             command=command_line(),
-            commit=git_commit(),
+            commit=commit,
             hardware=hardware(),
         )
         log_summary(logger, summary)

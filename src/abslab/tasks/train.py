@@ -32,6 +32,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     logger = None
     status = "failed"
     start = time.time()
+    commit = git_commit()  # at the start: the code that runs, whatever HEAD is later
     try:
         logger = build_logger(cfg)
         trainer: pl.Trainer = instantiate(cfg.trainer, logger=logger or False, callbacks=callbacks)
@@ -58,7 +59,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             output_dir=str(output_dir),
             wall_time_s=round(time.time() - start, 1),
             command=command_line(),
-            commit=git_commit(),
+            commit=commit,
             hardware=hardware(),
         )
         if trainer.is_global_zero:
