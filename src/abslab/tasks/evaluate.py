@@ -16,7 +16,7 @@ from abslab.callbacks.per_sample import PerSampleRecorder
 from abslab.models.checkpoints import load_checkpoint_weights
 from abslab.models.pretrained import WeightsError
 from abslab.utils.loggers import build_logger, finish_logger, log_summary
-from abslab.utils.run_io import command_line, git_commit, hardware, write_summary
+from abslab.utils.run_io import git_commit, provenance, write_summary
 from abslab.utils.seeding import seed_if_given
 
 log = logging.getLogger(__name__)
@@ -70,11 +70,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         summary.update(
             ckpt=cfg.ckpt,
             pretrained=model.pretrained if cfg.ckpt is None else None,
-            output_dir=str(output_dir),
-            wall_time_s=round(time.time() - start, 1),
-            command=command_line(),
-            commit=commit,
-            hardware=hardware(),
+            **provenance(output_dir, start, commit),
         )
         log_summary(logger, summary)
         if isinstance(logger, WandbLogger):

@@ -9,10 +9,10 @@ from typing import Any
 
 import pytorch_lightning as pl
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from abslab.utils.loggers import build_logger, finish_logger, log_summary
-from abslab.utils.run_io import command_line, git_commit, hardware, write_summary
+from abslab.utils.run_io import git_commit, provenance, write_summary
 from abslab.utils.seeding import seed_if_given
 
 log = logging.getLogger(__name__)
@@ -55,16 +55,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         if cfg.test_after_fit:
             results = trainer.test(model, datamodule, ckpt_path=best)
             summary.update({k.replace("test/", "test_"): v for k, v in results[0].items()})
-        summary.update(
-            output_dir=str(output_dir),
-            wall_time_s=round(time.time() - start, 1),
-            command=command_line(),
-            commit=commit,
-            hardware=hardware(),
-        )
+        summary.update(provenance(output_dir, start, commit))
         if trainer.is_global_zero:
-            path = write_summary(output_dir, summary)
             log_summary(logger, summary)
+            summary["config"] = OmegaConf.to_container(cfg, resolve=True)
+            path = write_summary(output_dir, summary)
             log.info("Run directory: %s", output_dir)
             log.info("Best checkpoint: %s", summary.get("best_checkpoint"))
             log.info("Summary: %s", path)

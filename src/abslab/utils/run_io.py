@@ -8,6 +8,7 @@ import os
 import platform
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,17 @@ def hardware() -> str:
         names = [line for line in lines if line.startswith("model name")]
         cpu = names[0].split(":", 1)[1].strip() if names else cpu
     return f"{cpu}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}"
+
+
+def provenance(output_dir: str | Path, started: float, commit: str | None) -> dict[str, Any]:
+    """Where a run wrote, how long it took, and what ran it on which machine."""
+    return {
+        "output_dir": str(output_dir),
+        "wall_time_s": round(time.time() - started, 1),
+        "command": command_line(),
+        "commit": commit,
+        "hardware": hardware(),
+    }
 
 
 def write_summary(output_dir: str | Path, summary: dict[str, Any]) -> Path:
