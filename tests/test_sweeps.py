@@ -100,3 +100,9 @@ def test_ddp_on_two_cpu_processes(tmp_path):
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["model"] == "cnn" and 0 <= summary["test_acc"] <= 1
     assert (tmp_path / "train_ddp_process_1.log").exists()  # a second process really ran
+
+
+@pytest.mark.slow
+def test_slurm_launcher_composes(tmp_path):
+    result = _run("train.py", ["hydra/launcher=submitit_slurm", "--cfg", "hydra"], tmp_path)
+    assert "submitit_folder" in result.stdout and "SlurmLauncher" in result.stdout
