@@ -14,6 +14,7 @@ COLUMNS = {
     "n_samples": "samples",
     "clean_accuracy": "clean acc.",
     "test_acc": "test acc.",
+    "test_pgd_acc": "test PGD acc.",
     "pgd_accuracy": "PGD acc.",
     "pgd_steps": "PGD steps",
     "pgd_eps": "PGD L∞ eps",
