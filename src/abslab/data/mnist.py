@@ -53,10 +53,11 @@ def _find(root: Path, file: MnistFile) -> Path | None:
 def _checked_content(path: Path, file: MnistFile) -> bytes:
     """Decompressed bytes of `path`, after checking size and md5 against the canonical file."""
     content = read_bytes(path)
-    if len(content) != file.size or hashlib.md5(content).hexdigest() != file.md5:
+    digest = hashlib.md5(content).hexdigest()
+    if len(content) != file.size or digest != file.md5:
         raise DataFileError(
             f"{path} does not match the canonical {file.name} (size {len(content)} vs "
-            f"{file.size}, md5 {hashlib.md5(content).hexdigest()} vs {file.md5}): it is truncated "
+            f"{file.size}, md5 {digest} vs {file.md5}): it is truncated "
             "or corrupt. Delete it and run with data.download=true to fetch it afresh, or copy "
             "a good one in its place."
         )
