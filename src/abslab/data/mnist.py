@@ -15,6 +15,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from abslab.data.idx import DataFileError, parse_idx, read_bytes
+from abslab.data.sampling import ClassBalancedSampler
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +139,7 @@ class MNISTDataModule(pl.LightningDataModule):
         num_workers: int = 0,
         download: bool = True,
         verify: bool = True,
+        class_balanced: bool = False,
     ) -> None:
         super().__init__()
         for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
@@ -167,6 +169,7 @@ class MNISTDataModule(pl.LightningDataModule):
         self.num_workers = num_workers
         self.download = download
         self.verify = verify
+        self.class_balanced = class_balanced
         self._arrays: dict[str, np.ndarray] | None = None
 
     def prepare_data(self) -> None:
@@ -206,17 +209,27 @@ class MNISTDataModule(pl.LightningDataModule):
         labels = torch.from_numpy(arrays["train_labels"].astype(np.int64))
         return _to_float_images(arrays["train_images"]), labels
 
-    def _loader(self, dataset: TensorDataset, batch_size: int, shuffle: bool) -> DataLoader:
+    def _loader(
+        self,
+        dataset: TensorDataset,
+        batch_size: int,
+        shuffle: bool,
+        sampler: ClassBalancedSampler | None = None,
+    ) -> DataLoader:
         return DataLoader(
             dataset,
             batch_size=batch_size,
             shuffle=shuffle,
+            sampler=sampler,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, self.batch_size, shuffle=True)
+        sampler = ClassBalancedSampler(self.train_set.tensors[1]) if self.class_balanced else None
+        return self._loader(
+            self.train_set, self.batch_size, shuffle=sampler is None, sampler=sampler
+        )
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_set, self.eval_batch_size, shuffle=False)

@@ -12,6 +12,8 @@ from abslab.models.nets import ConvNet
 
 # Their CNN key layout `conv_i.*` / `bn_i.*` -> ConvNet's `convs.i.*` / `norms.i.*`.
 _REFERENCE_CNN_KEY = re.compile(r"^(conv|bn)_(\d+)\.(.+)$")
+# Their VAE key layout `Encoder.conv_i.*` -> TenVAEs' `encoder.convs.i.*`, classes stacked.
+_REFERENCE_ABS_KEY = re.compile(r"^(Encoder|Decoder)\.(conv|bn)_(\d+)\.(.+)$")
 
 
 class WeightsError(RuntimeError):
@@ -81,3 +83,42 @@ def load_reference_cnn(net: ConvNet, path: str | Path, default_file: str) -> Pat
         path = path / default_file
     load_checked(net, convert_reference_cnn(load_state_dict_file(path), path), path)
     return path
+
+
+def load_reference_abs(directory: str | Path) -> dict[str, torch.Tensor]:
+    """The authors' ten VAE files ABS_0.net ... ABS_9.net as one TenVAEs state dict."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise WeightsError(
+            f"model.pretrained={directory}: not a directory. Give the folder that holds "
+            "ABS_0.net ... ABS_9.net (e.g. ../shared/data/reference_models/abs)."
+        )
+    states = [load_state_dict_file(directory / f"ABS_{c}.net") for c in range(10)]
+    return stack_reference_vaes(states, directory)
+
+
+def stack_reference_vaes(
+    states: list[dict[str, torch.Tensor]], source: str | Path
+) -> dict[str, torch.Tensor]:
+    """Ten per-class VAE state dicts in the authors' layout -> one TenVAEs state dict.
+
+    Their `Encoder.conv_i.*` / `Decoder.bn_i.*` tensors are concatenated along dimension 0 in
+    class order: class c becomes channel group c of the grouped layers. BatchNorm's
+    `num_batches_tracked` counters are dropped (they are not part of the function).
+    """
+    converted = {}
+    for key in states[0]:
+        match = _REFERENCE_ABS_KEY.match(key)
+        if match is None:
+            raise WeightsError(
+                f"{source} has key {key!r}, not in the authors' VAE layout "
+                "(Encoder.conv_i.*, Encoder.bn_i.*, Decoder.conv_i.*, Decoder.bn_i.*)."
+            )
+        part, kind, index, rest = match.groups()
+        if rest == "num_batches_tracked":
+            continue
+        if any(key not in state for state in states):
+            raise WeightsError(f"{source}: not every class's VAE file has {key!r}.")
+        name = f"{part.lower()}.{'convs' if kind == 'conv' else 'norms'}.{index}.{rest}"
+        converted[name] = torch.cat([state[key] for state in states])
+    return converted

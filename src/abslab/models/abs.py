@@ -1,0 +1,179 @@
+"""The Analysis-by-Synthesis classifier and binary ABS (abs_spec Part 2, 2.1-2.6)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+from abslab.data.augment import light_affine
+from abslab.models.abs_inference import (
+    FoldedDecoder,
+    InferenceSettings,
+    LatentBank,
+    elbo_at,
+    make_latent_bank,
+    optimise_latents,
+)
+from abslab.models.base import Batch, Defense
+from abslab.models.nets import binarize
+from abslab.models.pretrained import WeightsError, load_checked, load_reference_abs
+from abslab.models.vae import (
+    IMAGE_PIXELS,
+    LATENT_DIM,
+    N_CLASSES,
+    TenVAEs,
+    pack_by_class,
+    vae_loss_terms,
+)
+
+
+class Inference(NamedTuple):
+    """What ABS inference finds for a batch of B images."""
+
+    logits: torch.Tensor  # (B, 10): minus the ELBOs (times the class scalars)
+    latents: torch.Tensor  # (B, 10, 8): z*_c, the optimised latent of each class
+    reconstructions: torch.Tensor  # (B, 10, 28, 28): G_c(z*_c)
+
+
+class ABSDefense(Defense):
+    """logit_c = -ELBO_c(x): class c's VAE explains x best when its bound is lowest.
+
+    Training fits each class's VAE to its own digits (squared-error ELBO, beta). Inference is
+    the authors' (`abs_inference`): bank search, then `n_iter - 1` Adam steps in latent space.
+    With `binarize_input` the model is binary ABS: input thresholded at 0.5 and every class's
+    ELBO multiplied by `class_scalars`.
+
+    Gradient: "envelope". Autograd on the logits gives the gradient of the final bound at the
+    optimised latents held fixed, -2 (x - G_c(z*_c)) / 784 (times s_c): the envelope-theorem
+    gradient of abs_spec 1.2. It does not differentiate through the inner optimisation, which
+    is not the intended gradient; binary ABS passes it straight through the binarization.
+    """
+
+    gradient = "envelope"
+
+    def __init__(
+        self,
+        name: str = "abs",
+        binarize_input: bool = False,
+        class_scalars: Sequence[float] | None = None,
+        pretrained: str | None = None,
+        latent_samples: str | None = None,
+        n_samples: int = 8000,
+        fraction_to_dismiss: float = 0.1,
+        bank_seed: int = 1234,
+        n_iter: int = 50,
+        inference_lr: float = 0.05,
+        clip: float = 5.0,
+        clip_mode: str = "project",
+        beta: float = 1.0,
+        val_n_iter: int = 0,
+        inference_chunk: int = 500,
+        augment: float = 0.1,
+        lr: float = 3e-3,
+        weight_decay: float = 0.0,
+        scheduler: str = "none",
+        logit_scale: float = 440.0,
+        confidence_level: float = 0.000039,
+    ) -> None:
+        super().__init__(name, logit_scale, confidence_level, lr, weight_decay, scheduler)
+        self.save_hyperparameters(logger=False)
+        self.binarize_input = binarize_input
+        scalars = torch.ones(N_CLASSES) if class_scalars is None else torch.tensor(class_scalars)
+        if scalars.shape != (N_CLASSES,) or not (scalars > 0).all():
+            raise ValueError(
+                f"model.class_scalars={class_scalars}: give ten positive numbers, or null for ones."
+            )
+        # the config, not a checkpoint, decides scalars and bank: non-persistent buffers
+        self.register_buffer("class_scalars", scalars.float(), persistent=False)
+        self.settings = InferenceSettings(n_iter, inference_lr, clip, beta, clip_mode)
+        self.val_settings = InferenceSettings(val_n_iter, inference_lr, clip, beta, clip_mode)
+        self.beta = beta
+        self.augment = augment
+        self.inference_chunk = inference_chunk
+        self.vaes = TenVAEs()
+        bank = self._bank(latent_samples, n_samples, fraction_to_dismiss, bank_seed)
+        self.register_buffer("bank_latents", bank, persistent=False)
+        if pretrained is not None:
+            load_checked(self.vaes, load_reference_abs(pretrained), pretrained)
+            self.pretrained = str(pretrained)
+        self._cache: tuple[tuple, FoldedDecoder, LatentBank] | None = None
+
+    @staticmethod
+    def _bank(path: str | None, n_samples: int, fraction: float, seed: int) -> torch.Tensor:
+        """The fixed latents (n_samples, 8): from a .npy file, or drawn as the authors did."""
+        if path is None:
+            return make_latent_bank(n_samples, fraction, seed)
+        if not Path(path).is_file():
+            raise WeightsError(f"model.latent_samples={path}: no such file (an (N, 8) .npy).")
+        bank = np.load(path, allow_pickle=False)
+        if bank.ndim != 2 or bank.shape[1] != LATENT_DIM or len(bank) < n_samples:
+            raise WeightsError(
+                f"model.latent_samples={path} holds shape {bank.shape}; it needs (N, 8) with "
+                f"N >= model.n_samples={n_samples}."
+            )
+        return torch.from_numpy(bank[:n_samples].astype(np.float32))
+
+    def _inference_parts(self) -> tuple[FoldedDecoder, LatentBank]:
+        """The folded decoders and the decoded bank, rebuilt only when the weights changed."""
+        state = [*self.vaes.decoder.parameters(), *self.vaes.decoder.buffers(), self.bank_latents]
+        key = (self.device, *(t._version for t in state), *(t.data_ptr() for t in state))
+        if self._cache is None or self._cache[0] != key:
+            with torch.no_grad():
+                decoder = FoldedDecoder(self.vaes.decoder)
+                self._cache = (key, decoder, LatentBank(self.bank_latents, decoder))
+        return self._cache[1], self._cache[2]
+
+    def infer(self, x: torch.Tensor, settings: InferenceSettings | None = None) -> Inference:
+        """x (B, 1, 28, 28) in [0, 1] -> logits, optimised latents and reconstructions.
+
+        The latents are optimised without a graph; the logits are then the bound at z*, a
+        differentiable function of x with the reconstructions held fixed.
+        """
+        settings = settings or self.settings
+        x_in = binarize(x) if self.binarize_input else x
+        decoder, bank = self._inference_parts()
+        with torch.no_grad():
+            z = torch.cat(
+                [
+                    optimise_latents(decoder, bank, part, settings)
+                    for part in x_in.detach().split(self.inference_chunk)
+                ]
+            )
+            rec = decoder.forward(z)[0]
+        elbo = elbo_at(x_in.reshape(len(x), IMAGE_PIXELS), rec.flatten(2), z, settings.beta)
+        if not torch.isfinite(elbo).all():
+            raise FloatingPointError(
+                f"model={self.name}: non-finite ELBO; check the input (NaN pixels?) and weights."
+            )
+        return Inference(-elbo * self.class_scalars, z, rec)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, 1, 28, 28) in [0, 1] -> logits (B, 10), minus the (scaled) ELBOs."""
+        return self.infer(x).logits
+
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        x, y, _ = batch
+        x = light_affine(x, self.augment)
+        packed, mask = pack_by_class(x, y)
+        rec_error, kl = vae_loss_terms(self.vaes, packed, mask)
+        loss = (rec_error + self.beta * kl) / len(x)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"model={self.name}: the VAE loss is {loss.item()} at step {self.global_step}. "
+                "Lower model.lr, or resume from an earlier checkpoint."
+            )
+        self.train_loss(loss)
+        self.log("train/loss", self.train_loss, on_step=True, on_epoch=True, prog_bar=True)
+        self.log("train/reconstruction", rec_error / len(x), on_step=True, on_epoch=True)
+        self.log("train/kl", kl / len(x), on_step=True, on_epoch=True)
+        return loss
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        """Accuracy with `val_n_iter` (0: bank search only, as the reimplementation's epochs)."""
+        x, y, _ = batch
+        self.val_acc(self.infer(x, self.val_settings).logits.argmax(1), y)
+        self.log("val/acc", self.val_acc, on_step=False, on_epoch=True, prog_bar=True)

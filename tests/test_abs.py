@@ -1,0 +1,181 @@
+"""ABS: batched inference against the authors' per-class structure, clipping, binary ABS,
+the published-weight converter, training, and the envelope gradient."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from abslab.data.sampling import ClassBalancedSampler
+from abslab.models.abs import ABSDefense
+from abslab.models.abs_inference import clip_to_ball, make_latent_bank
+from abslab.models.pretrained import WeightsError, stack_reference_vaes
+from abslab.models.vae import pack_by_class, vae_loss_terms
+from bench.abs_reference import ReferenceABS, ReferenceVAE, load_reference_vaes
+from conftest import REFERENCE_MODELS, run_train, tiny_overrides
+
+ABS_DIR = REFERENCE_MODELS / "abs"
+PUBLISHED_SCALARS = [1.0, 0.96, 1.001, 1.06, 0.98, 0.96, 1.03, 1.0, 1.0, 1.0]
+
+
+@pytest.fixture(scope="module")
+def digits(mnist_arrays):
+    """The first 6 test images (6, 1, 28, 28) and labels."""
+    x = torch.from_numpy(mnist_arrays["test_images"][:6].astype(np.float32) / 255)
+    return x[:, None], torch.from_numpy(mnist_arrays["test_labels"][:6].astype(np.int64))
+
+
+def random_reference_vaes(seed: int) -> list[ReferenceVAE]:
+    """Ten VAEs in the authors' layout with random weights and BatchNorm statistics.
+
+    The decoder weights are scaled up 3x: at PyTorch's initial scale the reconstructions barely
+    depend on z, and inference would only shrink the latents towards the prior's mode.
+    """
+    torch.manual_seed(seed)
+    vaes = [ReferenceVAE().eval() for _ in range(10)]
+    for vae in vaes:
+        with torch.no_grad():
+            for i in range(4):
+                getattr(vae.Decoder, f"conv_{i}").weight.mul_(3)
+        for name, buffer in vae.named_buffers():
+            if name.endswith("running_mean"):
+                buffer.normal_(0, 0.1)
+            elif name.endswith("running_var"):
+                buffer.uniform_(0.5, 2.0)
+    return vaes
+
+
+def abs_from(vaes: list[ReferenceVAE], **kwargs) -> ABSDefense:
+    model = ABSDefense(**kwargs).eval()
+    model.vaes.load_state_dict(stack_reference_vaes([v.state_dict() for v in vaes], "random"))
+    return model
+
+
+@pytest.mark.parametrize("clip_mode", ["project", "authors"])
+def test_batched_inference_equals_the_per_class_reference(clip_mode, digits):
+    vaes = random_reference_vaes(seed=0)
+    # a radius that the optimised latents reach, so that the clip acts
+    model = abs_from(vaes, n_samples=300, clip=1.5, clip_mode=clip_mode)
+    reference = ReferenceABS(vaes, model.bank_latents, clip=1.5, keep_sign=clip_mode == "project")
+    x = digits[0]
+    with torch.no_grad():
+        expected = reference(x)
+    got = model(x)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+    # the two modes really differ, so each comparison above tests its own clip
+    other = abs_from(
+        vaes, n_samples=300, clip=1.5, clip_mode="authors" if clip_mode == "project" else "project"
+    )
+    assert (other(x) - got).abs().max() > 1e-4
+
+
+def test_clip_to_ball_in_both_modes():
+    z = torch.tensor([[3.0, -4.0], [0.3, -0.4]])
+    projected = clip_to_ball(z, 2.5, "project")
+    torch.testing.assert_close(projected, torch.tensor([[1.5, -2.0], [0.3, -0.4]]))
+    authors = clip_to_ball(z, 2.5, "authors")  # their clip_to_sphere drops the sign
+    torch.testing.assert_close(authors, torch.tensor([[1.5, 2.0], [0.3, -0.4]]))
+    with pytest.raises(ValueError, match="clip_mode"):
+        ABSDefense(clip_mode="sphere", n_samples=10)
+
+
+def test_binary_abs_binarizes_and_scales(digits):
+    vaes = random_reference_vaes(seed=1)
+    plain = abs_from(vaes, n_samples=200, n_iter=5)
+    binary = abs_from(
+        vaes, n_samples=200, n_iter=5, binarize_input=True, class_scalars=PUBLISHED_SCALARS
+    )
+    x = digits[0]
+    expected = plain((x >= 0.5).float()) * torch.tensor(PUBLISHED_SCALARS)
+    torch.testing.assert_close(binary(x), expected)
+    with pytest.raises(ValueError, match="class_scalars"):
+        ABSDefense(class_scalars=[1.0, 2.0], n_samples=10)
+
+
+def test_published_weights_compute_the_authors_function(digits):
+    x, y = digits
+    model = ABSDefense(pretrained=str(ABS_DIR), clip_mode="authors", n_samples=2000).eval()
+    reference = ReferenceABS(load_reference_vaes(ABS_DIR), model.bank_latents)
+    with torch.no_grad():
+        expected = reference(x)
+    torch.testing.assert_close(model(x), expected, rtol=0, atol=1e-5)
+    assert (expected.argmax(1) == y).all()
+
+
+def test_the_drawn_bank_is_the_published_one():
+    published = np.load(ABS_DIR / "latent_samples_8000.npy")
+    assert torch.equal(make_latent_bank(8000, 0.1, 1234), torch.from_numpy(published))
+
+
+def test_loading_errors_name_the_problem(tmp_path):
+    with pytest.raises(WeightsError, match="not a directory"):
+        ABSDefense(pretrained=str(tmp_path / "nowhere"), n_samples=10)
+    with pytest.raises(WeightsError, match="ABS_0.net"):
+        ABSDefense(pretrained=str(tmp_path), n_samples=10)
+    np.save(tmp_path / "bank.npy", np.zeros((5, 3), np.float32))
+    with pytest.raises(WeightsError, match=r"\(5, 3\)"):
+        ABSDefense(latent_samples=str(tmp_path / "bank.npy"), n_samples=10)
+
+
+def test_packing_gives_each_vae_only_its_own_class():
+    y = torch.tensor([3, 1, 3, 3, 0, 1, 7])
+    x = y.float().view(-1, 1, 1, 1).expand(-1, 1, 28, 28)  # every pixel holds the label
+    packed, mask = pack_by_class(x, y)
+    assert packed.shape == (3, 10, 28, 28)
+    assert mask.sum(0).tolist() == torch.bincount(y, minlength=10).float().tolist()
+    present = torch.bincount(y, minlength=10) > 0
+    for c in range(10):
+        expected = float(c) if present[c] else 0.0
+        assert (packed[:, c] == expected).all()
+
+
+def test_a_training_step_updates_only_the_vaes_of_classes_in_the_batch():
+    torch.manual_seed(0)
+    model = ABSDefense(n_samples=10)
+    y = torch.tensor([2, 2, 5, 5, 5])
+    packed, mask = pack_by_class(torch.rand(5, 1, 28, 28), y)
+    rec_error, kl = vae_loss_terms(model.vaes, packed, mask)
+    (rec_error + kl).backward()
+    grad = model.vaes.decoder.convs[1].weight.grad.view(10, -1)  # class c = row c
+    has_grad = grad.abs().sum(1) > 0
+    assert has_grad.tolist() == [c in (2, 5) for c in range(10)]
+
+
+def test_one_training_run_of_the_ten_vaes(tmp_path):
+    summary = run_train(
+        tiny_overrides("model=abs", "debug=fast", "model.n_samples=50", "model.n_iter=2"),
+        tmp_path,
+    )
+    assert summary["model"] == "abs" and summary["steps"] == 1
+
+
+def test_class_balanced_batches():
+    labels = torch.arange(10).repeat_interleave(torch.arange(5, 15))  # 5 ... 14 per class
+    torch.manual_seed(0)
+    order = torch.tensor(list(ClassBalancedSampler(labels)))
+    assert len(order) == 10 * 10  # ceil(95 / 10) per class
+    for batch in order.view(-1, 20):
+        assert torch.bincount(labels[batch], minlength=10).tolist() == [2] * 10
+
+
+def test_envelope_gradient_matches_finite_differences_of_the_bound(digits):
+    torch.manual_seed(0)
+    model = ABSDefense(pretrained=str(ABS_DIR), n_samples=500, n_iter=5).double().eval()
+    x = digits[0][:2].double().requires_grad_(True)
+    out = model.infer(x)
+    out.logits[:, 3].sum().backward()
+    torch.testing.assert_close(x.grad, -2 * (x - out.reconstructions[:, 3:4]) / 784)
+    # central differences of the bound at the optimised latents, decoded by the plain network
+    with torch.no_grad():
+        rec = model.vaes.eval().decode(out.latents)[:, 3:4]
+        prior = 0.5 * (out.latents[:, 3] ** 2).sum(1)
+
+        def bound(image: torch.Tensor) -> torch.Tensor:
+            return -(((image - rec) ** 2).flatten(1).sum(1) + prior) / 784
+
+        direction = torch.randn_like(x)
+        step = 1e-3
+        numeric = (bound(x + step * direction) - bound(x - step * direction)) / (2 * step)
+    analytic = (x.grad * direction).flatten(1).sum(1)
+    torch.testing.assert_close(numeric, analytic, rtol=1e-7, atol=1e-10)
