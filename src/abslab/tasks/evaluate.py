@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
+import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import WandbLogger
@@ -30,6 +31,7 @@ def accuracy(rows: list[dict[str, int]], column: str) -> float:
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate `cfg.model` (weights from `cfg.ckpt` or `model.pretrained`) on the test slice."""
     seed_if_given(cfg.seed)
+    torch.set_flush_denormal(cfg.flush_denormals)
     output_dir = Path(cfg.output_dir)
     datamodule = instantiate(cfg.data)
     model = instantiate(cfg.model)

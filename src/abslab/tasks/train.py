@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
+import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -21,6 +22,7 @@ log = logging.getLogger(__name__)
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Fit `cfg.model` on `cfg.data`, test the best checkpoint, write summary.json."""
     seed_if_given(cfg.seed)
+    torch.set_flush_denormal(cfg.flush_denormals)
     if cfg.ckpt_path is not None and not Path(cfg.ckpt_path).is_file():
         raise FileNotFoundError(
             f"ckpt_path={cfg.ckpt_path} does not exist; give the last.ckpt of the run to resume."

@@ -1,0 +1,187 @@
+"""ABS inference speed: abslab's batched inference against the authors' structure, one run.
+
+python -m bench.abs_inference --root ../shared/data/mnist --device cpu
+python -m bench.abs_inference --root ../shared/data/mnist --device cuda --batch-sizes 1 10 100 1000
+
+Every variant classifies the same first test images with the published weights and bank.
+Reported per batch size: images/s, latency of one batch (median over repeats), peak memory
+(CPU: the process's peak resident set, reset before each measurement; GPU: peak allocated),
+the speed-up against the baseline (the reference with denormals flushed on CPU, the reference
+on GPU) and the agreement of predictions with it. Writes its section of results/abs_inference.md
+(one section per device, so CPU and GPU runs sit side by side) with hardware and commit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from abslab.data.mnist import MNISTDataModule
+from abslab.models.abs import ABSDefense
+from abslab.utils.run_io import command_line, git_commit, hardware
+from bench.abs_reference import ReferenceABS, load_reference_vaes
+
+
+@dataclass
+class Variant:
+    name: str
+    classify: Callable[[torch.Tensor], torch.Tensor]  # x (B, 1, 28, 28) -> logits (B, 10)
+    flush_denormals: bool
+    tf32: bool = False
+
+
+@dataclass
+class Measurement:
+    variant: str
+    batch: int
+    seconds: list[float]
+    peak_bytes: int
+    predictions: torch.Tensor
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    else:  # Linux: writing 5 to clear_refs resets the peak resident set (VmHWM)
+        Path("/proc/self/clear_refs").write_text("5")
+
+
+def peak_memory(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated()
+    status = Path("/proc/self/status").read_text()
+    return int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) * 1024
+
+
+def measure(variant: Variant, x: torch.Tensor, repeats: int, warmup: bool) -> Measurement:
+    torch.set_flush_denormal(variant.flush_denormals)
+    torch.backends.cuda.matmul.allow_tf32 = variant.tf32
+    torch.backends.cudnn.allow_tf32 = variant.tf32
+    sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
+    with torch.no_grad():
+        if warmup:
+            variant.classify(x)
+        reset_peak_memory(x.device)
+        seconds = []
+        for _ in range(repeats):
+            sync()
+            start = time.perf_counter()
+            logits = variant.classify(x)
+            sync()
+            seconds.append(time.perf_counter() - start)
+    return Measurement(variant.name, len(x), seconds, peak_memory(x.device), logits.argmax(1).cpu())
+
+
+def variants(args: argparse.Namespace, device: torch.device) -> list[Variant]:
+    """The reference as published and with denormals flushed (CPU), and abslab's inference."""
+    ours = ABSDefense(pretrained=args.weights, clip_mode="authors").to(device).eval()
+    ours._inference_parts()  # decode the bank once, outside the timings
+    reference = ReferenceABS(
+        [vae.to(device) for vae in load_reference_vaes(args.weights)], ours.bank_latents
+    )
+    if device.type == "cpu":
+        return [
+            Variant("reference (authors' structure), as published", reference, False),
+            Variant("reference, denormals flushed", reference, True),
+            Variant("abslab", ours, True),
+        ]
+    return [
+        Variant("reference (authors' structure), fp32", reference, False),
+        Variant("abslab, fp32", ours, False),
+        Variant("abslab, TF32", ours, False, tf32=True),
+    ]
+
+
+def markdown(
+    args: argparse.Namespace, results: list[Measurement], baseline: str, device: torch.device
+) -> str:
+    by_key = {(m.variant, m.batch): m for m in results}
+    lines = [
+        f"## {device.type.upper()}: {hardware()}",
+        "",
+        f"Command: `{command_line()}`; commit {git_commit()}; published weights and bank; the "
+        f"first test images; median of {args.repeats} repeats (fewer where marked). Speed-up and "
+        f"agreement are against **{baseline}** on the same batch.",
+        "",
+        "| batch | variant | images/s | latency (s/batch) | peak memory (MiB) | speed-up | "
+        "agreement |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for m in results:
+        base = by_key[(baseline, m.batch)]
+        latency = statistics.median(m.seconds)
+        speedup = statistics.median(base.seconds) / latency
+        agree = (m.predictions == base.predictions).float().mean().item()
+        runs = "" if len(m.seconds) == args.repeats else f" ({len(m.seconds)} run)"
+        lines.append(
+            f"| {m.batch} | {m.variant}{runs} | {m.batch / latency:.2f} | {latency:.4f} | "
+            f"{m.peak_bytes / 2**20:.0f} | {speedup:.1f}x | {agree:.3f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def write_section(path: Path, device: str, text: str) -> None:
+    """Replace this device's section of the results file, keeping the others."""
+    begin, end = f"<!-- bench:{device} -->", f"<!-- /bench:{device} -->"
+    header = "# ABS inference speed (bench/abs_inference.py)\n\n"
+    old = path.read_text() if path.exists() else header
+    block = f"{begin}\n{text}{end}\n"
+    if begin in old:
+        old = re.sub(
+            re.escape(begin) + ".*?" + re.escape(end) + "\n", lambda _: block, old, flags=re.S
+        )
+        path.write_text(old)
+    else:
+        path.write_text(old.rstrip("\n") + "\n\n" + block)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--root", default="data")
+    parser.add_argument("--weights", default="../shared/data/reference_models/abs")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 10, 100])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--slow-seconds",
+        type=float,
+        default=60.0,
+        help="a variant whose first timed run takes longer is not repeated",
+    )
+    parser.add_argument("--out", default="results/abs_inference.md")
+    args = parser.parse_args()
+
+    device = torch.device(args.device)
+    data = MNISTDataModule(root=args.root, download=False, test_samples=max(args.batch_sizes))
+    data.setup("test")
+    images = data.test_set.tensors[0].to(device)
+    candidates = variants(args, device)
+    baseline = candidates[1].name if device.type == "cpu" else candidates[0].name
+    results = []
+    for batch in args.batch_sizes:
+        for variant in candidates:
+            x = images[:batch]
+            first = measure(variant, x, 1, warmup=variant.name.startswith("abslab"))
+            if first.seconds[0] < args.slow_seconds and args.repeats > 1:
+                rest = measure(variant, x, args.repeats - 1, warmup=False)
+                first.seconds += rest.seconds
+                first.peak_bytes = max(first.peak_bytes, rest.peak_bytes)
+            results.append(first)
+            print(
+                f"batch {batch:5d}  {variant.name:50s} {batch / min(first.seconds):9.2f} img/s",
+                flush=True,
+            )
+    text = markdown(args, results, baseline, device)
+    write_section(Path(args.out), device.type, text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
