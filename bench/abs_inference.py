@@ -35,6 +35,7 @@ class Variant:
     classify: Callable[[torch.Tensor], torch.Tensor]  # x (B, 1, 28, 28) -> logits (B, 10)
     flush_denormals: bool
     tf32: bool = False
+    cudnn_benchmark: bool = False
 
 
 @dataclass
@@ -64,6 +65,7 @@ def measure(variant: Variant, x: torch.Tensor, repeats: int, warmup: bool) -> Me
     torch.set_flush_denormal(variant.flush_denormals)
     torch.backends.cuda.matmul.allow_tf32 = variant.tf32
     torch.backends.cudnn.allow_tf32 = variant.tf32
+    torch.backends.cudnn.benchmark = variant.cudnn_benchmark
     sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
     with torch.no_grad():
         if warmup:
@@ -92,10 +94,13 @@ def variants(args: argparse.Namespace, device: torch.device) -> list[Variant]:
             Variant("reference, denormals flushed", reference, True),
             Variant("abslab", ours, True),
         ]
+    graphed = ABSDefense(pretrained=args.weights, clip_mode="authors", cuda_graphs=True)
+    graphed = graphed.to(device).eval()
     return [
         Variant("reference (authors' structure), fp32", reference, False),
         Variant("abslab, fp32", ours, False),
-        Variant("abslab, TF32", ours, False, tf32=True),
+        Variant("abslab, fp32, CUDA graphs, cudnn.benchmark", graphed, False, cudnn_benchmark=True),
+        Variant("abslab, TF32, CUDA graphs, cudnn.benchmark", graphed, False, True, True),
     ]
 
 

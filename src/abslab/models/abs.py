@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import NamedTuple
 
@@ -12,6 +13,7 @@ import torch
 from abslab.data.augment import light_affine
 from abslab.models.abs_inference import (
     FoldedDecoder,
+    GraphedOptimiser,
     InferenceSettings,
     LatentBank,
     elbo_at,
@@ -72,6 +74,7 @@ class ABSDefense(Defense):
         beta: float = 1.0,
         val_n_iter: int = 0,
         inference_chunk: int = 500,
+        cuda_graphs: bool = False,
         augment: float = 0.1,
         lr: float = 3e-3,
         weight_decay: float = 0.0,
@@ -94,6 +97,7 @@ class ABSDefense(Defense):
         self.beta = beta
         self.augment = augment
         self.inference_chunk = inference_chunk
+        self.cuda_graphs = cuda_graphs
         self.vaes = TenVAEs()
         bank = self._bank(latent_samples, n_samples, fraction_to_dismiss, bank_seed)
         self.register_buffer("bank_latents", bank, persistent=False)
@@ -101,6 +105,7 @@ class ABSDefense(Defense):
             load_checked(self.vaes, load_reference_abs(pretrained), pretrained)
             self.pretrained = str(pretrained)
         self._cache: tuple[tuple, FoldedDecoder, LatentBank] | None = None
+        self._graphs: dict[InferenceSettings, GraphedOptimiser] = {}
 
     @staticmethod
     def _bank(path: str | None, n_samples: int, fraction: float, seed: int) -> torch.Tensor:
@@ -125,7 +130,17 @@ class ABSDefense(Defense):
             with torch.no_grad():
                 decoder = FoldedDecoder(self.vaes.decoder)
                 self._cache = (key, decoder, LatentBank(self.bank_latents, decoder))
+                self._graphs = {}  # captured with the old tensors
         return self._cache[1], self._cache[2]
+
+    def _optimiser(self, settings: InferenceSettings) -> Callable[[torch.Tensor], torch.Tensor]:
+        """x (B, 1, 28, 28) -> z* (B, 10, 8): plain, or replayed CUDA graphs (`cuda_graphs`)."""
+        decoder, bank = self._inference_parts()
+        if not (self.cuda_graphs and self.device.type == "cuda"):
+            return partial(optimise_latents, decoder, bank, settings=settings)
+        if settings not in self._graphs:
+            self._graphs[settings] = GraphedOptimiser(decoder, bank, settings)
+        return self._graphs[settings]
 
     def infer(self, x: torch.Tensor, settings: InferenceSettings | None = None) -> Inference:
         """x (B, 1, 28, 28) in [0, 1] -> logits, optimised latents and reconstructions.
@@ -135,14 +150,10 @@ class ABSDefense(Defense):
         """
         settings = settings or self.settings
         x_in = binarize(x) if self.binarize_input else x
-        decoder, bank = self._inference_parts()
+        optimise = self._optimiser(settings)
+        decoder, _ = self._inference_parts()
         with torch.no_grad():
-            z = torch.cat(
-                [
-                    optimise_latents(decoder, bank, part, settings)
-                    for part in x_in.detach().split(self.inference_chunk)
-                ]
-            )
+            z = torch.cat([optimise(part) for part in x_in.detach().split(self.inference_chunk)])
             rec = decoder.forward(z)[0]
         elbo = elbo_at(x_in.reshape(len(x), IMAGE_PIXELS), rec.flatten(2), z, settings.beta)
         if not torch.isfinite(elbo).all():

@@ -16,7 +16,13 @@ import torch
 
 
 def git_commit() -> str | None:
-    """The commit of the working tree (with '-dirty' if it has changes), or None outside git."""
+    """The commit of the working tree (with '-dirty' if it has changes), or None outside git.
+
+    ABSLAB_COMMIT overrides it, for copies of a tree whose .git is absent or stale (a tree
+    shipped to a remote machine).
+    """
+    if os.environ.get("ABSLAB_COMMIT"):
+        return os.environ["ABSLAB_COMMIT"]
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
