@@ -122,6 +122,10 @@ class ABSDefense(Defense):
             )
         return torch.from_numpy(bank[:n_samples].astype(np.float32))
 
+    def accepts_weights_of(self, trained_as: str) -> bool:
+        """ABS and binary ABS share their ten VAEs: either's checkpoint serves both."""
+        return trained_as in ("abs", "binary_abs")
+
     def _inference_parts(self) -> tuple[FoldedDecoder, LatentBank]:
         """The folded decoders and the decoded bank, rebuilt only when the weights changed."""
         state = [*self.vaes.decoder.parameters(), *self.vaes.decoder.buffers(), self.bank_latents]

@@ -58,6 +58,10 @@ class Defense(pl.LightningModule):
         self.train_loss = MeanMetric()
         self.best_val_acc = float("-inf")  # kept in checkpoints, so a resumed run knows it
 
+    def accepts_weights_of(self, trained_as: str) -> bool:
+        """Whether a checkpoint trained as model=`trained_as` holds this model's weights."""
+        return trained_as == self.name
+
     def calibrated_softmax(self, logits: torch.Tensor) -> torch.Tensor:
         """p_c = (exp(a*l_c) + eta) / (sum_j exp(a*l_j) + 10*eta), computed in log space."""
         scaled = self.logit_scale * logits

@@ -25,7 +25,7 @@ def load_checkpoint_weights(model: Defense, path: str | Path) -> None:
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise WeightsError(f"ckpt={path} is not a Lightning checkpoint (no 'state_dict').")
     saved_name = checkpoint.get("hyper_parameters", {}).get("name")
-    if saved_name is not None and saved_name != model.name:
+    if saved_name is not None and not model.accepts_weights_of(saved_name):
         raise WeightsError(
             f"ckpt={path} was trained as model={saved_name}, but model={model.name} was asked "
             f"for. Pass model={saved_name}, or a checkpoint of {model.name}."
