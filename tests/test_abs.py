@@ -12,8 +12,9 @@ from abslab.models.abs import ABSDefense
 from abslab.models.abs_inference import clip_to_ball, make_latent_bank
 from abslab.models.pretrained import WeightsError, stack_reference_vaes
 from abslab.models.vae import pack_by_class, vae_loss_terms
+from abslab.tasks.fit_scalars import fit_class_scalars
 from bench.abs_reference import ReferenceABS, ReferenceVAE, load_reference_vaes
-from conftest import REFERENCE_MODELS, run_train, tiny_overrides
+from conftest import REFERENCE_MODELS, run_evaluate, run_train, tiny_overrides
 
 ABS_DIR = REFERENCE_MODELS / "abs"
 PUBLISHED_SCALARS = [1.0, 0.96, 1.001, 1.06, 0.98, 0.96, 1.03, 1.0, 1.0, 1.0]
@@ -179,3 +180,46 @@ def test_envelope_gradient_matches_finite_differences_of_the_bound(digits):
         numeric = (bound(x + step * direction) - bound(x - step * direction)) / (2 * step)
     analytic = (x.grad * direction).flatten(1).sum(1)
     torch.testing.assert_close(numeric, analytic, rtol=1e-7, atol=1e-10)
+
+
+def test_fitted_scalars_undo_a_class_penalty():
+    torch.manual_seed(0)
+    labels = torch.arange(10).repeat(100)
+    elbos = 1.04 + 0.005 * torch.rand(1000, 10)
+    elbos[torch.arange(1000), labels] = 1.0 + 0.005 * torch.rand(1000)
+    elbos[:, 3] *= 1.06  # class 3 now loses its own images, and only its own
+    assert ((elbos.argmin(1) == labels).double().mean()) == 0.9
+    scalars = fit_class_scalars(elbos.double(), labels)
+    # 1.06 s_3 (1.0 + noise) must fall under 1.04, and 1.06 s_3 (1.04 + noise) stay over 1.005
+    assert 0.912 < scalars[3] < 0.9765
+    assert ((elbos.double() * scalars).argmin(1) == labels).all()
+    assert scalars[0] == 1
+
+
+def test_evaluate_writes_reconstructions_and_binary_abs_takes_an_abs_checkpoint(tmp_path):
+    small = ["model.n_samples=100", "model.n_iter=3"]
+    trained = run_train(tiny_overrides("model=abs", "debug=fast", *small), tmp_path / "train")
+    summary = run_evaluate(
+        tiny_overrides(
+            "model=binary_abs",
+            f"ckpt={trained['last_checkpoint']}",
+            "data.test_samples=8",
+            "figure_samples=3",
+            *small,
+        ),
+        tmp_path / "evaluate",
+    )
+    assert summary["model"] == "binary_abs" and summary["n_samples"] == 8
+    assert summary["figures"] == [str(tmp_path / "evaluate" / "reconstructions.png")]
+    assert (tmp_path / "evaluate" / "reconstructions.png").stat().st_size > 10_000
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_graph_replay_equals_plain_inference(digits):
+    kwargs = {"pretrained": str(ABS_DIR), "n_samples": 1000}
+    plain = ABSDefense(**kwargs).cuda().eval()
+    graphed = ABSDefense(cuda_graphs=True, **kwargs).cuda().eval()
+    x = digits[0].cuda()
+    for _ in range(2):  # capture, then replay
+        torch.testing.assert_close(graphed(x), plain(x))

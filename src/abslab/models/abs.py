@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -31,6 +31,7 @@ from abslab.models.vae import (
     pack_by_class,
     vae_loss_terms,
 )
+from abslab.results.reconstructions import reconstruction_figure
 
 
 class Inference(NamedTuple):
@@ -169,6 +170,12 @@ class ABSDefense(Defense):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (B, 1, 28, 28) in [0, 1] -> logits (B, 10), minus the (scaled) ELBOs."""
         return self.infer(x).logits
+
+    def figures(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
+        """reconstructions: each input beside its ten class reconstructions and logits."""
+        with torch.no_grad():
+            out = self.infer(x.to(self.device))
+        return {"reconstructions": reconstruction_figure(x, y, out.logits, out.reconstructions)}
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         x, y, _ = batch

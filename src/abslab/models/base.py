@@ -58,6 +58,11 @@ class Defense(pl.LightningModule):
         self.train_loss = MeanMetric()
         self.best_val_acc = float("-inf")  # kept in checkpoints, so a resumed run knows it
 
+    def figures(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
+        """Pictures of the model on a few test images x (N, 1, 28, 28), labels y (N,):
+        name -> matplotlib Figure. evaluate.py saves them as <name>.png and logs them."""
+        return {}
+
     def accepts_weights_of(self, trained_as: str) -> bool:
         """Whether a checkpoint trained as model=`trained_as` holds this model's weights."""
         return trained_as == self.name

@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import WandbLogger
 
 from abslab.callbacks.per_sample import PerSampleRecorder
+from abslab.models.base import Defense
 from abslab.models.checkpoints import load_checkpoint_weights
 from abslab.models.pretrained import WeightsError
 from abslab.utils.loggers import build_logger, finish_logger, log_summary
@@ -26,6 +27,24 @@ log = logging.getLogger(__name__)
 def accuracy(rows: list[dict[str, int]], column: str) -> float:
     """Fraction of rows whose `column` prediction equals the label."""
     return sum(row[column] == row["label"] for row in rows) / len(rows)
+
+
+def save_figures(
+    model: Defense, datamodule: Any, output_dir: Path, logger: Any, n_images: int
+) -> list[str]:
+    """The model's pictures of the first test images, as PNGs in the run dir and in W&B."""
+    if n_images <= 0:
+        return []
+    x, y, _ = datamodule.test_set[:n_images]
+    paths = []
+    for name, figure in model.figures(x, y).items():
+        path = output_dir / f"{name}.png"
+        figure.savefig(path, dpi=100)
+        if isinstance(logger, WandbLogger):
+            logger.log_image(key=name, images=[str(path)])
+        log.info("Figure: %s", path)
+        paths.append(str(path))
+    return paths
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -74,6 +93,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             pretrained=model.pretrained if cfg.ckpt is None else None,
             **provenance(output_dir, start, commit),
         )
+        summary["figures"] = save_figures(model, datamodule, output_dir, logger, cfg.figure_samples)
         log_summary(logger, summary)
         if isinstance(logger, WandbLogger):
             columns = list(rows[0])
