@@ -28,6 +28,8 @@ from abslab.models.abs import ABSDefense
 from abslab.utils.run_io import command_line, git_commit, hardware
 from bench.abs_reference import ReferenceABS, load_reference_vaes
 
+DEFAULT_THREADS = torch.get_num_threads()
+
 
 @dataclass
 class Variant:
@@ -36,6 +38,7 @@ class Variant:
     flush_denormals: bool
     tf32: bool = False
     cudnn_benchmark: bool = False
+    threads: int | None = None  # CPU threads; None: torch's default
 
 
 @dataclass
@@ -63,6 +66,7 @@ def peak_memory(device: torch.device) -> int:
 
 def measure(variant: Variant, x: torch.Tensor, repeats: int, warmup: bool) -> Measurement:
     torch.set_flush_denormal(variant.flush_denormals)
+    torch.set_num_threads(variant.threads or DEFAULT_THREADS)
     torch.backends.cuda.matmul.allow_tf32 = variant.tf32
     torch.backends.cudnn.allow_tf32 = variant.tf32
     torch.backends.cudnn.benchmark = variant.cudnn_benchmark
@@ -93,6 +97,7 @@ def variants(args: argparse.Namespace, device: torch.device) -> list[Variant]:
             Variant("reference (authors' structure), as published", reference, False),
             Variant("reference, denormals flushed", reference, True),
             Variant("abslab", ours, True),
+            Variant("abslab, 1 thread", ours, True, threads=1),
         ]
     graphed = ABSDefense(pretrained=args.weights, clip_mode="authors", cuda_graphs=True)
     graphed = graphed.to(device).eval()

@@ -99,10 +99,18 @@ class FoldedDecoder:
                 self.layers.append((weight, bias, conv.stride[0]))
 
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """z (B, 10, 8) -> reconstructions (B, 10, 28, 28) and the hidden ELU outputs."""
-        h = z.reshape(len(z), N_CLASSES * LATENT_DIM, 1, 1)
-        hidden = []
-        for weight, bias, stride in self.layers[:-1]:
+        """z (B, 10, 8) -> reconstructions (B, 10, 28, 28) and the hidden ELU outputs.
+
+        The first layer maps 1x1 to 4x4: a per-class matrix product (B, 8) @ (8, 32*4*4),
+        far cheaper than a grouped transposed convolution of a 1x1 input at small batches.
+        """
+        first_weight, first_bias, _ = self.layers[0]
+        per_class = first_weight.view(N_CLASSES, LATENT_DIM, -1)  # (10, 8, 512)
+        bias = first_bias.view(N_CLASSES, 1, -1, 1).expand(-1, -1, -1, 16).reshape(N_CLASSES, 1, -1)
+        h = torch.baddbmm(bias, z.transpose(0, 1), per_class).transpose(0, 1)
+        h = F.elu(h.reshape(len(z), -1, 4, 4))
+        hidden = [h]
+        for weight, bias, stride in self.layers[1:-1]:
             h = F.elu(F.conv_transpose2d(h, weight, bias, stride=stride, groups=N_CLASSES))
             hidden.append(h)
         weight, bias, stride = self.layers[-1]
@@ -118,12 +126,13 @@ class FoldedDecoder:
         weight; ELU's derivative is 1 above zero and ELU(a) + 1 below.
         """
         grad = grad_rec * rec * (1 - rec)
-        for i in range(len(self.layers) - 1, -1, -1):
+        for i in range(len(self.layers) - 1, 0, -1):
             weight, _, stride = self.layers[i]
             grad = F.conv2d(grad, weight, stride=stride, groups=N_CLASSES)
-            if i > 0:
-                grad = grad * (hidden[i - 1].clamp(max=0) + 1)
-        return grad.view(len(grad), N_CLASSES, LATENT_DIM)
+            grad = grad * (hidden[i - 1].clamp(max=0) + 1)
+        per_class = self.layers[0][0].view(N_CLASSES, LATENT_DIM, -1)
+        grad = grad.reshape(len(grad), N_CLASSES, -1).transpose(0, 1)  # (10, B, 512)
+        return torch.bmm(grad, per_class.transpose(1, 2)).transpose(0, 1)
 
 
 class LatentBank:
