@@ -5,7 +5,7 @@ python -m bench.abs_inference --root ../shared/data/mnist --device cuda --batch-
 
 Every variant classifies the same first test images with the published weights and bank.
 Reported per batch size: images/s, latency of one batch (median over repeats), peak memory
-(CPU: the process's peak resident set, reset before each measurement; GPU: peak allocated),
+(above what was in use before it: CPU resident set, GPU allocated memory),
 the speed-up against the baseline (the reference with denormals flushed on CPU, the reference
 on GPU) and the agreement of predictions with it. Writes its section of results/abs_inference.md
 (one section per device, so CPU and GPU runs sit side by side) with hardware and commit.
@@ -50,18 +50,25 @@ class Measurement:
     predictions: torch.Tensor
 
 
-def reset_peak_memory(device: torch.device) -> None:
+def process_memory(field: str) -> int:
+    """VmRSS (resident now) or VmHWM (peak resident) of this process, in bytes (Linux)."""
+    status = Path("/proc/self/status").read_text()
+    return int(re.search(rf"{field}:\s+(\d+) kB", status).group(1)) * 1024
+
+
+def reset_peak_memory(device: torch.device) -> int:
+    """Start a peak-memory measurement; returns the memory in use now."""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    else:  # Linux: writing 5 to clear_refs resets the peak resident set (VmHWM)
-        Path("/proc/self/clear_refs").write_text("5")
+        return torch.cuda.memory_allocated()
+    Path("/proc/self/clear_refs").write_text("5")  # Linux: resets the peak resident set
+    return process_memory("VmRSS")
 
 
 def peak_memory(device: torch.device) -> int:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated()
-    status = Path("/proc/self/status").read_text()
-    return int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) * 1024
+    return process_memory("VmHWM")
 
 
 def measure(variant: Variant, x: torch.Tensor, repeats: int, warmup: bool) -> Measurement:
@@ -74,7 +81,7 @@ def measure(variant: Variant, x: torch.Tensor, repeats: int, warmup: bool) -> Me
     with torch.no_grad():
         if warmup:
             variant.classify(x)
-        reset_peak_memory(x.device)
+        in_use = reset_peak_memory(x.device)
         seconds = []
         for _ in range(repeats):
             sync()
@@ -82,7 +89,8 @@ def measure(variant: Variant, x: torch.Tensor, repeats: int, warmup: bool) -> Me
             logits = variant.classify(x)
             sync()
             seconds.append(time.perf_counter() - start)
-    return Measurement(variant.name, len(x), seconds, peak_memory(x.device), logits.argmax(1).cpu())
+    extra = peak_memory(x.device) - in_use
+    return Measurement(variant.name, len(x), seconds, extra, logits.argmax(1).cpu())
 
 
 def variants(args: argparse.Namespace, device: torch.device) -> list[Variant]:
@@ -120,7 +128,7 @@ def markdown(
         f"first test images; median of {args.repeats} repeats (fewer where marked). Speed-up and "
         f"agreement are against **{baseline}** on the same batch.",
         "",
-        "| batch | variant | images/s | latency (s/batch) | peak memory (MiB) | speed-up | "
+        "| batch | variant | images/s | latency (s/batch) | peak extra memory (MiB) | speed-up | "
         "agreement |",
         "|---|---|---|---|---|---|---|",
     ]
@@ -188,6 +196,7 @@ def main() -> None:
                 f"batch {batch:5d}  {variant.name:50s} {batch / min(first.seconds):9.2f} img/s",
                 flush=True,
             )
+    torch.set_num_threads(DEFAULT_THREADS)  # the hardware line reports the default
     text = markdown(args, results, baseline, device)
     write_section(Path(args.out), device.type, text)
     print(text)

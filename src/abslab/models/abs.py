@@ -74,7 +74,7 @@ class ABSDefense(Defense):
         clip_mode: str = "project",
         beta: float = 1.0,
         val_n_iter: int = 0,
-        inference_chunk: int = 500,
+        inference_chunk: int | None = None,
         cuda_graphs: bool = False,
         augment: float = 0.1,
         lr: float = 3e-3,
@@ -147,6 +147,12 @@ class ABSDefense(Defense):
             self._graphs[settings] = GraphedOptimiser(decoder, bank, settings)
         return self._graphs[settings]
 
+    def default_chunk(self) -> int:
+        """Images per inference chunk when `inference_chunk` is null: on CPU, chunks of 32 keep
+        the activations in cache (about twice the throughput of whole batches of 100 on 2
+        cores); a GPU wants whole batches."""
+        return 32 if self.device.type == "cpu" else 1000
+
     def infer(self, x: torch.Tensor, settings: InferenceSettings | None = None) -> Inference:
         """x (B, 1, 28, 28) in [0, 1] -> logits, optimised latents and reconstructions.
 
@@ -158,7 +164,8 @@ class ABSDefense(Defense):
         optimise = self._optimiser(settings)
         decoder, _ = self._inference_parts()
         with torch.no_grad():
-            z = torch.cat([optimise(part) for part in x_in.detach().split(self.inference_chunk)])
+            chunks = x_in.detach().split(self.inference_chunk or self.default_chunk())
+            z = torch.cat([optimise(part) for part in chunks])
             rec = decoder.forward(z)[0]
         elbo = elbo_at(x_in.reshape(len(x), IMAGE_PIXELS), rec.flatten(2), z, settings.beta)
         if not torch.isfinite(elbo).all():

@@ -129,7 +129,7 @@ class FoldedDecoder:
         for i in range(len(self.layers) - 1, 0, -1):
             weight, _, stride = self.layers[i]
             grad = F.conv2d(grad, weight, stride=stride, groups=N_CLASSES)
-            grad = grad * (hidden[i - 1].clamp(max=0) + 1)
+            grad.mul_(hidden[i - 1].clamp(max=0).add_(1))  # in place: these are large
         per_class = self.layers[0][0].view(N_CLASSES, LATENT_DIM, -1)
         grad = grad.reshape(len(grad), N_CLASSES, -1).transpose(0, 1)  # (10, B, 512)
         return torch.bmm(grad, per_class.transpose(1, 2)).transpose(0, 1)
