@@ -11,8 +11,8 @@ from torch.nn import functional as F
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-GradientMode = Literal["exact", "straight_through", "none"]
-GRADIENT_MODES: tuple[GradientMode, ...] = ("exact", "straight_through", "none")
+GradientMode = Literal["exact", "straight_through", "envelope", "none"]
+GRADIENT_MODES: tuple[GradientMode, ...] = ("exact", "straight_through", "envelope", "none")
 SCHEDULERS = ("none", "onecycle")
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # x (B,1,28,28), y (B,), index (B,)
@@ -23,8 +23,10 @@ class Defense(pl.LightningModule):
 
     Subclasses implement `forward(x) -> logits` for x float (N, 1, 28, 28) in [0, 1], logits
     (N, 10), and set `gradient`: "exact" (autograd gives the true input gradient),
-    "straight_through" (autograd passes through a binarization as the identity) or "none"
-    (no input gradient: gradient attacks must estimate it). `logit_scale` and
+    "straight_through" (autograd passes through a binarization as the identity), "envelope"
+    (the gradient of an inner minimum at its minimiser, held fixed: ABS's bound at the optimised
+    latents, not a gradient through the inner optimisation) or "none" (no input gradient:
+    gradient attacks must estimate it). `logit_scale` and
     `confidence_level` are the calibrated-softmax constants (alpha, eta; abs_spec 1.2).
     Training with cross-entropy is the default `training_step`; models that train otherwise
     override it, and models that need no training set `needs_training = False`.
