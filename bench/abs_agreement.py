@@ -19,11 +19,9 @@ import torch
 from tqdm import tqdm
 
 from abslab.data.mnist import MNISTDataModule
-from abslab.models.abs import ABSDefense
+from abslab.models.abs import PUBLISHED_CLASS_SCALARS, ABSDefense
 from abslab.utils.run_io import command_line, git_commit, hardware
 from bench.abs_reference import ReferenceABS, load_reference_vaes
-
-PUBLISHED_SCALARS = [1.0, 0.96, 1.001, 1.06, 0.98, 0.96, 1.03, 1.0, 1.0, 1.0]
 
 
 def top_gap(logits: torch.Tensor) -> torch.Tensor:
@@ -60,7 +58,7 @@ def main() -> None:
     report = []
     for binary in (False, True):
         name = "binary_abs" if binary else "abs"
-        scalars = PUBLISHED_SCALARS if binary else None
+        scalars = PUBLISHED_CLASS_SCALARS if binary else None
         models = {
             mode: ABSDefense(
                 pretrained=args.weights,

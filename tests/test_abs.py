@@ -8,16 +8,15 @@ import pytest
 import torch
 
 from abslab.data.sampling import ClassBalancedSampler
-from abslab.models.abs import ABSDefense
+from abslab.models.abs import PUBLISHED_CLASS_SCALARS, ABSDefense
 from abslab.models.abs_inference import clip_to_ball, make_latent_bank
 from abslab.models.pretrained import WeightsError, stack_reference_vaes
 from abslab.models.vae import pack_by_class, vae_loss_terms
 from abslab.tasks.fit_scalars import fit_class_scalars
 from bench.abs_reference import ReferenceABS, ReferenceVAE, load_reference_vaes
-from conftest import REFERENCE_MODELS, run_evaluate, run_train, tiny_overrides
+from conftest import REFERENCE_MODELS, compose_config, run_evaluate, run_train, tiny_overrides
 
 ABS_DIR = REFERENCE_MODELS / "abs"
-PUBLISHED_SCALARS = [1.0, 0.96, 1.001, 1.06, 0.98, 0.96, 1.03, 1.0, 1.0, 1.0]
 
 
 @pytest.fixture(scope="module")
@@ -85,10 +84,10 @@ def test_binary_abs_binarizes_and_scales(digits):
     vaes = random_reference_vaes(seed=1)
     plain = abs_from(vaes, n_samples=200, n_iter=5)
     binary = abs_from(
-        vaes, n_samples=200, n_iter=5, binarize_input=True, class_scalars=PUBLISHED_SCALARS
+        vaes, n_samples=200, n_iter=5, binarize_input=True, class_scalars=PUBLISHED_CLASS_SCALARS
     )
     x = digits[0]
-    expected = plain((x >= 0.5).float()) * torch.tensor(PUBLISHED_SCALARS)
+    expected = plain((x >= 0.5).float()) * torch.tensor(PUBLISHED_CLASS_SCALARS)
     torch.testing.assert_close(binary(x), expected)
     with pytest.raises(ValueError, match="class_scalars"):
         ABSDefense(class_scalars=[1.0, 2.0], n_samples=10)
@@ -223,3 +222,8 @@ def test_cuda_graph_replay_equals_plain_inference(digits):
     x = digits[0].cuda()
     for _ in range(2):  # capture, then replay
         torch.testing.assert_close(graphed(x), plain(x))
+
+
+def test_binary_abs_config_uses_the_published_scalars(tmp_path):
+    cfg = compose_config("evaluate", ["model=binary_abs"], tmp_path)
+    assert tuple(cfg.model.class_scalars) == PUBLISHED_CLASS_SCALARS

@@ -33,6 +33,9 @@ from abslab.models.vae import (
 )
 from abslab.results.reconstructions import reconstruction_figure
 
+# The published binary ABS's per-class ELBO multipliers (abs_spec 2.5; conf/model/binary_abs.yaml).
+PUBLISHED_CLASS_SCALARS = (1.0, 0.96, 1.001, 1.06, 0.98, 0.96, 1.03, 1.0, 1.0, 1.0)
+
 
 class Inference(NamedTuple):
     """What ABS inference finds for a batch of B images."""
@@ -138,9 +141,10 @@ class ABSDefense(Defense):
                 self._graphs = {}  # captured with the old tensors
         return self._cache[1], self._cache[2]
 
-    def _optimiser(self, settings: InferenceSettings) -> Callable[[torch.Tensor], torch.Tensor]:
+    def _optimiser(
+        self, decoder: FoldedDecoder, bank: LatentBank, settings: InferenceSettings
+    ) -> Callable[[torch.Tensor], torch.Tensor]:
         """x (B, 1, 28, 28) -> z* (B, 10, 8): plain, or replayed CUDA graphs (`cuda_graphs`)."""
-        decoder, bank = self._inference_parts()
         if not (self.cuda_graphs and self.device.type == "cuda"):
             return partial(optimise_latents, decoder, bank, settings=settings)
         if settings not in self._graphs:
@@ -161,8 +165,8 @@ class ABSDefense(Defense):
         """
         settings = settings or self.settings
         x_in = binarize(x) if self.binarize_input else x
-        optimise = self._optimiser(settings)
-        decoder, _ = self._inference_parts()
+        decoder, bank = self._inference_parts()
+        optimise = self._optimiser(decoder, bank, settings)
         with torch.no_grad():
             chunks = x_in.detach().split(self.inference_chunk or self.default_chunk())
             z = torch.cat([optimise(part) for part in chunks])

@@ -214,8 +214,8 @@ class GraphedOptimiser:
 
     def __init__(self, decoder: FoldedDecoder, bank: LatentBank, settings: InferenceSettings):
         self.decoder, self.bank, self.settings = decoder, bank, settings
-        self.graphs: dict[tuple[int, ...], tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]]
-        self.graphs = {}
+        Captured = tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]  # graph, x, z*
+        self.graphs: dict[tuple[int, ...], Captured] = {}
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """x (B, 1, 28, 28) on CUDA -> z* (B, 10, 8), equal to optimise_latents(x)."""
