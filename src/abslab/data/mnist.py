@@ -171,6 +171,8 @@ class MNISTDataModule(pl.LightningDataModule):
         self.verify = verify
         self.class_balanced = class_balanced
         self._arrays: dict[str, np.ndarray] | None = None
+        # test indices left out of the test slice: samples a resumed evaluation has finished
+        self.skip_test_indices: set[int] = set()
 
     def prepare_data(self) -> None:
         if self.download:
@@ -194,6 +196,9 @@ class MNISTDataModule(pl.LightningDataModule):
         if self.test_samples is not None:
             stop = self.test_offset + self.test_samples
         test_idx = torch.arange(self.test_offset, stop)
+        if self.skip_test_indices:
+            keep = [i not in self.skip_test_indices for i in test_idx.tolist()]
+            test_idx = test_idx[torch.tensor(keep, dtype=torch.bool)]
         self.test_set = self._dataset(arrays["test_images"], arrays["test_labels"], test_idx)
 
     @staticmethod
@@ -202,6 +207,10 @@ class MNISTDataModule(pl.LightningDataModule):
         x = _to_float_images(images[np_index])
         y = torch.from_numpy(labels[np_index].astype(np.int64))
         return TensorDataset(x, y, index.clone())
+
+    def test_images(self, indices: np.ndarray | list[int]) -> torch.Tensor:
+        """Test images (N, 1, 28, 28) in [0, 1] by their index in the test file."""
+        return _to_float_images(self._load()["test_images"][np.asarray(indices, dtype=np.int64)])
 
     def reference_set(self) -> tuple[torch.Tensor, torch.Tensor]:
         """All 60,000 training images (N, 1, 28, 28) in [0, 1] and labels (N,): the 1-NN memory."""

@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import torch
 
-from abslab.attacks.pgd import pgd_linf
+from abslab.attacks.gradient import iterate
 from abslab.models.base import Batch, Defense
 from abslab.models.nets import MadryNet
 
 
 class MadryDefense(Defense):
-    """Adversarially trained on L-inf PGD examples; reports PGD accuracy at test time.
+    """Adversarially trained on L-inf PGD examples.
 
     Every training batch is replaced by PGD adversarials (`train_steps` steps of
     `train_step_size` from a random start). `eps_warmup` ramps epsilon linearly from 0 to `eps`
     over that fraction of all training steps (the step size scales with it); 0 trains at full
-    epsilon from the start, as the paper. With `test_pgd_steps` > 0 the test step also runs
-    PGD (random start) at `eps` and logs `test/pgd_acc` beside the clean accuracy.
+    epsilon from the start, as the paper. PGD is the attack suite's own loop
+    (`abslab.attacks.gradient.iterate`); the test-time check is `evaluate.py norm=linf attack=pgd`.
     """
 
     def __init__(
@@ -27,8 +27,6 @@ class MadryDefense(Defense):
         train_step_size: float = 0.01,
         random_start: bool = True,
         eps_warmup: float = 0.0,
-        test_pgd_steps: int = 40,
-        test_pgd_step_size: float = 0.01,
         lr: float = 1e-4,
         weight_decay: float = 0.0,
         scheduler: str = "none",
@@ -44,8 +42,6 @@ class MadryDefense(Defense):
         self.train_step_size = train_step_size
         self.random_start = random_start
         self.eps_warmup = eps_warmup
-        self.test_pgd_steps = test_pgd_steps
-        self.test_pgd_step_size = test_pgd_step_size
         self.net = MadryNet()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -63,20 +59,8 @@ class MadryDefense(Defense):
         x, y, _ = batch
         eps = self.current_eps()
         step_size = self.train_step_size * eps / self.eps if self.eps > 0 else 0.0
-        x_adv = pgd_linf(self, x, y, eps, self.train_steps, step_size, self.random_start)
+        x_adv = iterate(
+            lambda v, _: self(v), x, y, eps, self.train_steps, step_size, "linf", self.random_start
+        )
         self.log("train/eps", eps, on_step=True, on_epoch=False)
         return self.classification_loss(self(x_adv), y, accuracy_key="train/adv_acc")
-
-    def test_step(self, batch: Batch, batch_idx: int) -> dict[str, torch.Tensor]:
-        columns = super().test_step(batch, batch_idx)
-        if self.test_pgd_steps > 0:
-            x, y, _ = batch
-            x_adv = pgd_linf(self, x, y, self.eps, self.test_pgd_steps, self.test_pgd_step_size)
-            if (x_adv - x).abs().max() > self.eps + 1e-6:
-                raise RuntimeError("PGD left the epsilon ball; this is a bug in pgd_linf.")
-            pgd_pred = self(x_adv).argmax(1)
-            self.log(
-                "test/pgd_acc", (pgd_pred == y).float().mean(), on_epoch=True, batch_size=len(y)
-            )
-            columns["pgd_pred"] = pgd_pred
-        return columns

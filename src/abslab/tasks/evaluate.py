@@ -1,4 +1,5 @@
-"""Evaluating a defense: the body of evaluate.py. Clean accuracy, per sample."""
+"""Evaluating a defense: the body of evaluate.py. Clean accuracy and the norm's attack suite,
+per sample, resumable from the run directory's files."""
 
 from __future__ import annotations
 
@@ -7,52 +8,35 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.loggers import WandbLogger
+from pytorch_lightning.loggers import Logger, WandbLogger
 
-from abslab.callbacks.per_sample import PerSampleRecorder
+from abslab.attacks.suite import build_attacks
+from abslab.callbacks.attack_evaluation import AttackEvaluation
 from abslab.models.base import Defense
 from abslab.models.checkpoints import load_checkpoint_weights
 from abslab.models.pretrained import WeightsError
-from abslab.utils.loggers import build_logger, finish_logger, log_summary
+from abslab.results.attack_summary import (
+    adversarial_gallery,
+    curve_epsilons,
+    robustness_curve,
+    summarize,
+)
+from abslab.results.per_sample import CLEAN_ONLY, COLUMNS, read_rows, smallest_adversarials
+from abslab.utils.loggers import log_summary
 from abslab.utils.run_io import git_commit, provenance, write_summary
 from abslab.utils.seeding import seed_if_given
+from abslab.utils.task import logged_run
 
 log = logging.getLogger(__name__)
 
 
-def accuracy(rows: list[dict[str, int]], column: str) -> float:
-    """Fraction of rows whose `column` prediction equals the label."""
-    return sum(row[column] == row["label"] for row in rows) / len(rows)
-
-
-def save_figures(
-    model: Defense, datamodule: Any, output_dir: Path, logger: Any, n_images: int
-) -> list[str]:
-    """The model's pictures of the first test images, as PNGs in the run dir and in W&B."""
-    if n_images <= 0:
-        return []
-    x, y, _ = datamodule.test_set[:n_images]
-    paths = []
-    for name, figure in model.figures(x, y).items():
-        path = output_dir / f"{name}.png"
-        figure.savefig(path, dpi=100)
-        if isinstance(logger, WandbLogger):
-            logger.log_image(key=name, images=[str(path)])
-        log.info("Figure: %s", path)
-        paths.append(str(path))
-    return paths
-
-
-def run(cfg: DictConfig) -> dict[str, Any]:
-    """Evaluate `cfg.model` (weights from `cfg.ckpt` or `model.pretrained`) on the test slice."""
-    seed_if_given(cfg.seed)
-    torch.set_flush_denormal(cfg.flush_denormals)
-    output_dir = Path(cfg.output_dir)
-    datamodule = instantiate(cfg.data)
+def load_defense(cfg: DictConfig) -> Defense:
+    """The model of `cfg.model` with weights from `cfg.ckpt` or `model.pretrained`."""
     model = instantiate(cfg.model)
     if cfg.ckpt is not None:
         load_checkpoint_weights(model, cfg.ckpt)
@@ -61,49 +45,131 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             f"model={model.name} has no weights: give ckpt=PATH (a checkpoint from train.py)"
             " or, where published weights exist, model.pretrained=PATH."
         )
-    recorder = PerSampleRecorder(output_dir / "per_sample.csv")
-    logger = None
-    status = "failed"
+    return model
+
+
+def save_figure(figure: Any, path: Path, logger: Logger | None) -> str:
+    """A matplotlib figure as a PNG in the run dir and, with W&B, as an image there too."""
+    import matplotlib.pyplot as plt
+
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    if isinstance(logger, WandbLogger):
+        logger.log_image(key=path.stem, images=[str(path)])
+    log.info("Figure: %s", path)
+    return str(path)
+
+
+def _attack_outputs(
+    cfg: DictConfig,
+    model: Defense,
+    rows: list[dict[str, Any]],
+    summary: dict[str, Any],
+    datamodule: Any,
+    logger: Logger | None,
+) -> list[str]:
+    """adversarials.npz, robustness_curve.png and adversarials.png of an attacked run."""
+    output_dir = Path(cfg.output_dir)
+    smallest = smallest_adversarials(output_dir / "adversarials", rows)
+    np.savez_compressed(output_dir / "adversarials.npz", **smallest)
+    images = datamodule.test_images(smallest["index"])
+    originals = {int(i): image[0].numpy() for i, image in zip(smallest["index"], images)}
+    curve = robustness_curve(summary, cfg.norm.name, model.name)
+    gallery = adversarial_gallery(originals, smallest, cfg.norm.name, model.name)
+    return [
+        save_figure(curve, output_dir / "robustness_curve.png", logger),
+        save_figure(gallery, output_dir / "adversarials.png", logger),
+    ]
+
+
+def summarize_run(cfg: DictConfig, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    names = [str(n) for n in cfg.attack]
+    return summarize(rows, names, float(cfg.norm.threshold), curve_epsilons(cfg.norm))
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Evaluate `cfg.model` on the test slice under `cfg.norm`'s attacks (`cfg.attack`)."""
+    seed_if_given(cfg.seed)
+    torch.set_flush_denormal(cfg.flush_denormals)
+    output_dir = Path(cfg.output_dir)
+    datamodule = instantiate(cfg.data)
+    model = load_defense(cfg)
+    attacks, skipped = build_attacks(cfg.get("attack"), cfg.norm.name, model)
+    names = [a.name for a in attacks] or [CLEAN_ONLY]
+    datamodule.setup("test")
+    wanted = set(datamodule.test_set.tensors[2].tolist())
+    csv_path = output_dir / "per_sample.csv"
+    done = {(r["index"], r["attack"]) for r in read_rows(csv_path) if r["index"] in wanted}
+    finished = {i for i in wanted if all((i, name) in done for name in names)}
+    if finished:
+        log.info(
+            "Resuming %s: %d of %d samples are finished.", output_dir, len(finished), len(wanted)
+        )
+    datamodule.skip_test_indices = finished
     start = time.time()
     commit = git_commit()  # at the start: the code that runs, whatever HEAD is later
-    try:
-        logger = build_logger(cfg)
-        trainer: pl.Trainer = instantiate(cfg.trainer, logger=logger or False, callbacks=[recorder])
+    with logged_run(cfg) as logger:
+        evaluation = AttackEvaluation(
+            attacks,
+            output_dir,
+            seed=cfg.seed or 0,
+            done=done,
+            total=len(wanted) - len(finished),
+            progress=cfg.trainer.enable_progress_bar,
+        )
+        trainer: pl.Trainer = instantiate(
+            cfg.trainer, logger=logger or False, callbacks=[evaluation]
+        )
         if trainer.world_size > 1:
             raise ValueError(
                 f"evaluate.py runs on one device, not {trainer.world_size}: set trainer.devices=1 "
                 "and shard a large evaluation with data.test_offset and data.test_samples in a "
                 "multirun (-m) instead."
             )
-        trainer.test(model, datamodule)
-        rows = recorder.rows
+        if len(finished) < len(wanted):
+            trainer.test(model, datamodule)
+        rows = [r for r in read_rows(csv_path) if r["index"] in wanted]
         summary: dict[str, Any] = {
             "model": model.name,
-            "attack": cfg.attack.name,
-            "n_samples": len(rows),
-            "first_index": rows[0]["index"],
-            "clean_accuracy": accuracy(rows, "clean_pred"),
+            "norm": cfg.norm.name,
+            "n_samples": len({r["index"] for r in rows}),
+            "first_index": min(r["index"] for r in rows),
+            "clean_accuracy": float(
+                np.mean([r["clean_pred"] == r["label"] for r in rows if r["attack"] == names[0]])
+            ),
         }
-        if "pgd_pred" in rows[0]:  # Madry's own PGD check (model.test_pgd_steps), not an attack
-            summary["pgd_accuracy"] = accuracy(rows, "pgd_pred")
-            summary["pgd_steps"] = model.test_pgd_steps
-            summary["pgd_eps"] = model.eps
+        if attacks:
+            summary.update(summarize_run(cfg, rows))
+            summary["skipped_attacks"] = skipped
+            summary["budgets"] = {a.name: {"source": a.source, **a.budget()} for a in attacks}
         summary.update(
             ckpt=cfg.ckpt,
             pretrained=model.pretrained if cfg.ckpt is None else None,
             **provenance(output_dir, start, commit),
         )
-        summary["figures"] = save_figures(model, datamodule, output_dir, logger, cfg.figure_samples)
+        figures = _attack_outputs(cfg, model, rows, summary, datamodule, logger) if attacks else []
+        if cfg.figure_samples > 0 and len(datamodule.test_set) > 0:
+            x, y, _ = datamodule.test_set[: cfg.figure_samples]
+            for name, figure in model.figures(x, y).items():
+                figures.append(save_figure(figure, output_dir / f"{name}.png", logger))
+        summary["figures"] = figures
         log_summary(logger, summary)
         if isinstance(logger, WandbLogger):
-            columns = list(rows[0])
-            logger.log_table("per_sample", columns=columns, data=[list(r.values()) for r in rows])
+            data = [[r[c] for c in COLUMNS] for r in rows]
+            logger.log_table("per_sample", columns=list(COLUMNS), data=data)
         summary["config"] = OmegaConf.to_container(cfg, resolve=True)
         path = write_summary(output_dir, summary)
-        log.info("Per-sample results: %s", recorder.path)
+        log.info("Per-sample results: %s", csv_path)
         log.info("Summary: %s", path)
-        log.info("Clean accuracy on %d samples: %.4f", len(rows), summary["clean_accuracy"])
-        status = "success"
+        log.info(
+            "Clean accuracy on %d samples: %.4f", summary["n_samples"], summary["clean_accuracy"]
+        )
+        for name, stats in summary.get("attacks", {}).items():
+            log.info(
+                "%-14s median %s  accuracy at %s: %.4f",
+                name,
+                stats["median_distance"],
+                cfg.norm.threshold,
+                stats["accuracy_at_threshold"],
+            )
         return summary
-    finally:
-        finish_logger(logger, status)

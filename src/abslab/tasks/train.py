@@ -12,9 +12,10 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from abslab.utils.loggers import build_logger, finish_logger, log_summary
+from abslab.utils.loggers import log_summary
 from abslab.utils.run_io import git_commit, provenance, write_summary
 from abslab.utils.seeding import seed_if_given
+from abslab.utils.task import logged_run
 
 log = logging.getLogger(__name__)
 
@@ -31,12 +32,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     datamodule = instantiate(cfg.data)
     model = instantiate(cfg.model)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
-    logger = None
-    status = "failed"
     start = time.time()
     commit = git_commit()  # at the start: the code that runs, whatever HEAD is later
-    try:
-        logger = build_logger(cfg)
+    with logged_run(cfg) as logger:
         trainer: pl.Trainer = instantiate(cfg.trainer, logger=logger or False, callbacks=callbacks)
         summary: dict[str, Any] = {"model": model.name, "seed": cfg.seed}
         best = None
@@ -67,7 +65,4 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             log.info("Summary: %s", path)
             if "test_acc" in summary:
                 log.info("Test accuracy: %.4f", summary["test_acc"])
-        status = "success"
         return summary
-    finally:
-        finish_logger(logger, status)

@@ -1,0 +1,117 @@
+"""What every attack of the suite is, and the one epsilon search fixed-epsilon attacks share."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from abslab.attacks.distances import NORMS
+from abslab.attacks.queries import QueryModel
+
+# candidate(rows (R,), eps (R,)) -> images (R, 1, 28, 28) in [0, 1] for those samples at eps.
+Candidate = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class Attack:
+    """One attack: `run(model, x, y)` returns candidate adversarials of x's shape.
+
+    `norm` is the distance the attack minimises; `needs_gradient` says whether it asks
+    autograd for input gradients; `source` says whose code it is (foolbox 3 where foolbox has
+    the paper's attack, abslab where foolbox lacks it or differs in a way that matters).
+    The harness verifies whatever `run` returns: clips it, re-predicts it, measures it, and
+    also takes the smallest adversarial the QueryModel saw among the queries.
+    """
+
+    norms: tuple[str, ...] = NORMS
+    needs_gradient: bool = False
+    source: str = "abslab"
+
+    def __init__(self, name: str, norm: str) -> None:
+        if norm not in self.norms:
+            raise ValueError(
+                f"attack {name} ({type(self).__name__}) does not minimise norm={norm}: it "
+                f"serves {', '.join(self.norms)}."
+            )
+        self.name = name
+        self.norm = norm
+
+    def run(self, model: QueryModel, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """x (B, 1, 28, 28) in [0, 1], correctly classified; y (B,) -> adversarials (B, ...)."""
+        raise NotImplementedError
+
+    def budget(self) -> dict[str, Any]:
+        """The attack's settings, for results files."""
+        return {k: v for k, v in vars(self).items() if not k.startswith("_") and k != "name"}
+
+
+class EpsilonSearchAttack(Attack):
+    """A fixed-epsilon attack made into a smallest-adversarial one (foolbox 1.3's semantics,
+    which foolbox 3 dropped: its fixed-epsilon attacks take a list of epsilons).
+
+    Per sample, batched: epsilon starts at `eps_start` and grows by `growth` up to
+    `bracket_steps` times until the attack succeeds (capped at `eps_max`), then
+    `bisect_steps` bisections between the last failure and the first success. Subclasses
+    give `candidates(model, x, y) -> Candidate`. Every candidate is queried, so the
+    QueryModel keeps the smallest adversarial met.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        norm: str,
+        eps_start: float,
+        growth: float = 1.5,
+        bracket_steps: int = 20,
+        bisect_steps: int = 20,
+        eps_max: float | None = None,
+    ) -> None:
+        super().__init__(name, norm)
+        if eps_start <= 0 or growth <= 1 or bracket_steps < 1 or bisect_steps < 0:
+            raise ValueError(
+                f"attack {name}: eps_start={eps_start} must be > 0, growth={growth} > 1, "
+                f"bracket_steps={bracket_steps} >= 1 and bisect_steps={bisect_steps} >= 0."
+            )
+        self.eps_start = eps_start
+        self.growth = growth
+        self.bracket_steps = bracket_steps
+        self.bisect_steps = bisect_steps
+        self.eps_max = eps_max if eps_max is not None else {"linf": 1.0, "l2": 28.0}[norm]
+
+    def candidates(self, model: QueryModel, x: torch.Tensor, y: torch.Tensor) -> Candidate:
+        raise NotImplementedError
+
+    def run(self, model: QueryModel, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        candidate = self.candidates(model, x, y)
+        n = len(x)
+        low = torch.zeros(n, device=x.device)
+        high = torch.full((n,), float("inf"), device=x.device)
+        eps = torch.full((n,), min(self.eps_start, self.eps_max), device=x.device)
+        for _ in range(self.bracket_steps):
+            rows = torch.isinf(high).nonzero().flatten()
+            if len(rows) == 0:
+                break
+            self._probe(model, candidate, y, rows, eps[rows], low, high)
+            eps[rows] = (eps[rows] * self.growth).clamp(max=self.eps_max)
+        for _ in range(self.bisect_steps):
+            rows = torch.isfinite(high).nonzero().flatten()
+            if len(rows) == 0:
+                break
+            self._probe(model, candidate, y, rows, (low[rows] + high[rows]) / 2, low, high)
+        return model.best.clone()
+
+    @staticmethod
+    def _probe(
+        model: QueryModel,
+        candidate: Candidate,
+        y: torch.Tensor,
+        rows: torch.Tensor,
+        eps: torch.Tensor,
+        low: torch.Tensor,
+        high: torch.Tensor,
+    ) -> None:
+        """Try eps (R,) on samples rows; move their bracket (low, high) accordingly."""
+        success = model.predict(candidate(rows, eps), rows) != y[rows]
+        high[rows[success]] = torch.minimum(high[rows[success]], eps[success])
+        low[rows[~success]] = torch.maximum(low[rows[~success]], eps[~success])

@@ -1,0 +1,77 @@
+"""The attacks of a run from the `attack` and `norm` configs, checked against norm and model."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from hydra.utils import get_class, instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from abslab.attacks.base import Attack
+from abslab.models.base import Defense
+
+log = logging.getLogger(__name__)
+ATTACK_CONFIGS = Path(__file__).resolve().parents[3] / "conf" / "attack"
+
+
+def catalog() -> dict[str, tuple[str, bool]]:
+    """Every attack in conf/attack: name -> (norm, needs_gradient), for error messages."""
+    found = {}
+    for path in sorted(ATTACK_CONFIGS.glob("*.yaml")):
+        for name, spec in OmegaConf.load(path).items():
+            if isinstance(spec, DictConfig) and "_target_" in spec:
+                found[str(name)] = (spec.norm, get_class(spec._target_).needs_gradient)
+    return found
+
+
+def _alternatives(norm: str, gradient_free: bool) -> str:
+    names = [
+        name
+        for name, (attack_norm, needs_gradient) in catalog().items()
+        if attack_norm == norm and not (gradient_free and needs_gradient)
+    ]
+    return ", ".join(names) or "none yet"
+
+
+def build_attacks(
+    attack_cfg: DictConfig | None, norm: str, defense: Defense
+) -> tuple[list[Attack], dict[str, str]]:
+    """The attacks to run and the ones skipped (name -> reason).
+
+    An attack of another norm is an error. One that needs input gradients on a model without
+    them (`gradient: none`) is skipped with a recorded reason; if that leaves nothing to run,
+    it is an error that names the model, the attacks and what to use instead.
+    """
+    names = [str(name) for name in (attack_cfg or {})]
+    if not names:
+        return [], {}
+    if norm == "none":
+        norms = sorted({str(attack_cfg[name].norm) for name in names})
+        raise ValueError(
+            f"attack={','.join(names)} needs a norm: add norm={norms[0]} (attacks minimise a "
+            "distance; norm=l2|linf|l0 also selects that norm's whole suite)."
+        )
+    for name in names:
+        if attack_cfg[name].norm != norm:
+            raise ValueError(
+                f"attack={name} minimises {attack_cfg[name].norm}, not norm={norm}: use "
+                f"norm={attack_cfg[name].norm}, or an attack of norm={norm}: "
+                f"{_alternatives(norm, gradient_free=False)}."
+            )
+    attacks: list[Attack] = [instantiate(attack_cfg[name], name=name) for name in names]
+    skipped = {
+        a.name: f"model={defense.name} has no input gradient (gradient: none)"
+        for a in attacks
+        if a.needs_gradient and defense.gradient == "none"
+    }
+    usable = [a for a in attacks if a.name not in skipped]
+    if not usable:
+        raise ValueError(
+            f"model={defense.name} has no input gradient (gradient: none), and attack="
+            f"{','.join(names)} needs one. Attacks of norm={norm} that need no gradient: "
+            f"{_alternatives(norm, gradient_free=True)}."
+        )
+    for name, reason in skipped.items():
+        log.warning("Skipping attack %s: %s.", name, reason)
+    return usable, skipped
