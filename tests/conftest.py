@@ -65,3 +65,19 @@ class CrashAtStep(pl.Callback):
     def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
         if trainer.global_step >= self.step:
             raise RuntimeError(f"simulated crash at step {trainer.global_step}")
+
+
+class RaisingAttack:
+    """An attack that always fails, as a third-party attack might: for fault-tolerance tests."""
+
+    needs_gradient = False
+    source = "test"
+
+    def __init__(self, name: str, norm: str) -> None:
+        self.name, self.norm = name, norm
+
+    def run(self, model, x, y):
+        raise RuntimeError("this attack always fails")
+
+    def budget(self) -> dict[str, Any]:
+        return {}

@@ -19,12 +19,13 @@ GROUP_OPTIONS = sorted(
 
 def test_every_group_has_options():
     groups = {group for group, _ in GROUP_OPTIONS}
-    assert {"data", "model", "trainer", "logger", "callbacks", "attack", "experiment"} <= groups
+    expected = {"data", "model", "trainer", "logger", "callbacks", "attack", "norm", "experiment"}
+    assert expected <= groups
 
 
 @pytest.mark.parametrize(("group", "option"), GROUP_OPTIONS)
 def test_config_composes_and_instantiates(group, option, tmp_path):
-    primary = "evaluate" if group == "attack" else "train"
+    primary = "evaluate" if group in ("attack", "norm") else "train"
     override = f"{group}={option}" if group != "hydra" else "hydra=default"
     cfg = compose_config(primary, [override, f"data.root={MNIST_ROOT}"], tmp_path)
     datamodule = instantiate(cfg.data)

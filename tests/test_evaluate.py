@@ -8,6 +8,7 @@ import json
 import pytest
 
 from abslab.models.pretrained import WeightsError
+from abslab.results.per_sample import COLUMNS
 from conftest import REFERENCE_MODELS, run_evaluate, run_train, tiny_overrides
 
 PRETRAINED = f"model.pretrained={REFERENCE_MODELS / 'cnn'}"
@@ -22,7 +23,7 @@ def test_evaluate_writes_summary_and_per_sample_rows(tmp_path):
     )
     with (tmp_path / "per_sample.csv").open() as f:
         rows = list(csv.DictReader(f))
-    assert list(rows[0]) == ["index", "label", "clean_pred"]
+    assert list(rows[0]) == list(COLUMNS) and {r["attack"] for r in rows} == {"none"}
     assert [int(r["index"]) for r in rows] == list(range(50, 150))
     accuracy = sum(r["label"] == r["clean_pred"] for r in rows) / len(rows)
     saved = json.loads((tmp_path / "summary.json").read_text())
@@ -37,7 +38,6 @@ def test_evaluate_a_trained_checkpoint_and_reject_a_mismatched_one(tmp_path):
         tiny_overrides(
             "model=madry",
             "model.train_steps=1",
-            "model.test_pgd_steps=1",
             "trainer.max_epochs=1",
             "+trainer.limit_train_batches=2",
             "+trainer.limit_val_batches=1",
@@ -48,11 +48,18 @@ def test_evaluate_a_trained_checkpoint_and_reject_a_mismatched_one(tmp_path):
     ckpt = tmp_path / "train" / "checkpoints" / "last.ckpt"
     summary = run_evaluate(
         tiny_overrides(
-            "model=madry", f"ckpt={ckpt}", "data.test_samples=20", "model.test_pgd_steps=2"
+            "model=madry",
+            f"ckpt={ckpt}",
+            "data.test_samples=20",
+            "norm=linf",
+            "attack=pgd",
+            "attack.pgd.steps=2",
         ),
         tmp_path / "eval",
     )
-    assert summary["n_samples"] == 20 and 0 <= summary["pgd_accuracy"] <= 1
+    assert (
+        summary["n_samples"] == 20 and 0 <= summary["attacks"]["pgd"]["accuracy_at_threshold"] <= 1
+    )
     with pytest.raises(WeightsError, match="trained as model=madry.*model=cnn"):
         run_evaluate(tiny_overrides("model=cnn", f"ckpt={ckpt}"), tmp_path / "wrong")
 

@@ -11,6 +11,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
+from abslab.attacks.distances import beyond
+
 ALL_ATTACKS = "all"
 
 
@@ -27,14 +29,14 @@ def _stats(
     distances: np.ndarray, threshold: float, epsilons: np.ndarray, rows: list[dict[str, Any]]
 ) -> dict[str, Any]:
     """Median (None: infinite), accuracy at the threshold (fraction of samples whose smallest
-    adversarial is farther than it), the curve, and counts; queries and seconds are means over
-    the samples the attack actually ran on (clean-correct ones)."""
+    adversarial is farther than it, beyond float rounding), the curve, and counts; queries and
+    seconds are means over the samples the attack actually ran on (clean-correct ones)."""
     attacked = [r for r in rows if r["clean_pred"] == r["label"]]
     return {
         "n_samples": len(distances),
         "median_distance": _finite_or_none(float(np.median(distances))),
-        "accuracy_at_threshold": float(np.mean(distances > threshold)),
-        "curve_accuracy": [round(float(np.mean(distances > e)), 6) for e in epsilons],
+        "accuracy_at_threshold": float(np.mean(beyond(distances, threshold))),
+        "curve_accuracy": [round(float(np.mean(beyond(distances, e))), 6) for e in epsilons],
         "successes": int(sum(r["success"] for r in attacked)),
         "failures": int(sum(not r["success"] and not r["error"] for r in attacked)),
         "errors": int(sum(bool(r["error"]) for r in attacked)),

@@ -1,0 +1,307 @@
+"""The attack suite on the authors' vanilla CNN: each attack breaks it with verified rows;
+seeded runs repeat; the harness survives broken attacks; a second implementation agrees."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+
+import foolbox as fb
+import numpy as np
+import pytest
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from abslab.attacks.distances import beyond, distance
+from abslab.attacks.gradient import IterativeAttack
+from abslab.attacks.harness import Outcome, run_attack
+from abslab.attacks.queries import GradientUnavailable, QueryModel
+from abslab.models.cnn import CNNDefense
+from conftest import CONF, REFERENCE_MODELS, RaisingAttack, run_evaluate, tiny_overrides
+
+PRETRAINED = f"model.pretrained={REFERENCE_MODELS / 'cnn'}"
+
+# Each attack at a tiny budget, so the whole suite runs in seconds on CPU.
+TINY = {
+    "fgm": {"bracket_steps": 6, "bisect_steps": 4},
+    "fgsm": {"bracket_steps": 6, "bisect_steps": 4},
+    "bim": {"steps": 3, "bracket_steps": 5, "bisect_steps": 3},
+    "bim_l2": {"steps": 3, "bracket_steps": 5, "bisect_steps": 3},
+    "mim": {"steps": 3, "bracket_steps": 5, "bisect_steps": 3},
+    "pgd": {"steps": 5},
+    "gaussian_noise": {"bracket_steps": 6, "bisect_steps": 3},
+    "deepfool_l2": {"steps": 30},
+    "deepfool_linf": {"steps": 30},
+    "boundary": {"steps": 20, "init_directions": 50, "init_steps": 50},
+    "pointwise": {"init_epsilons": 20, "init_repetitions": 1, "repetitions": 1},
+    "pointwise_l2": {"init_epsilons": 20, "init_repetitions": 1, "repetitions": 1},
+    "salt_pepper": {"epsilons": 20, "repetitions": 2},
+}
+NORM_SUITES = {
+    "l2": ["gaussian_noise", "boundary", "pointwise_l2", "fgm", "deepfool_l2", "bim_l2"],
+    "linf": ["fgsm", "deepfool_linf", "bim", "mim"],
+    "l0": ["salt_pepper", "pointwise"],
+}
+
+
+def tiny_attack(name: str):
+    spec = OmegaConf.load(CONF / "attack" / f"{name}.yaml")[name]
+    return instantiate(OmegaConf.merge(spec, TINY[name]), name=name)
+
+
+def tiny_attack_overrides(names: list[str]) -> list[str]:
+    return [f"attack.{n}.{k}={v}" for n in names for k, v in TINY[n].items()]
+
+
+@pytest.fixture(scope="module")
+def cnn():
+    return CNNDefense(pretrained=str(REFERENCE_MODELS / "cnn")).eval()
+
+
+@pytest.fixture(scope="module")
+def test_batch(mnist_arrays):
+    x = torch.from_numpy(mnist_arrays["test_images"][:6]).float().div(255).unsqueeze(1)
+    y = torch.from_numpy(mnist_arrays["test_labels"][:6].astype(np.int64))
+    return x, y
+
+
+def test_every_configured_attack_has_a_tiny_budget_here():
+    configured = {p.stem for p in (CONF / "attack").glob("*.yaml")} - {"none"}
+    assert configured == set(TINY)
+    assert {a for suite in NORM_SUITES.values() for a in suite} | {"pgd"} == set(TINY)
+
+
+@pytest.mark.parametrize("name", sorted(TINY))
+def test_attack_breaks_the_cnn_with_verified_rows_and_repeats_for_a_seed(name, cnn, test_batch):
+    x, y = test_batch
+    attack = tiny_attack(name)
+    with torch.no_grad():
+        clean = cnn(x).argmax(1)
+    assert (clean == y).all()
+    first = run_attack(attack, cnn, x, y, clean, seed=3)
+    again = run_attack(attack, cnn, x, y, clean, seed=3)
+    assert first.error == [""] * len(x)
+    assert first.success.sum() >= len(x) // 2, f"{name} broke only {int(first.success.sum())}"
+    adv = first.adversarial[first.success]
+    assert adv.min() >= 0 and adv.max() <= 1
+    with torch.no_grad():
+        assert (cnn(adv).argmax(1) != y[first.success]).all()
+    assert torch.equal(first.adv_pred[first.success], cnn(adv).argmax(1))
+    measured = distance(adv, x[first.success], attack.norm)
+    assert torch.allclose(measured, first.distance[first.success])
+    assert torch.isinf(first.distance[~first.success]).all()
+    assert (first.queries > 0).all()
+    assert torch.equal(first.distance, again.distance) and torch.equal(first.queries, again.queries)
+    assert torch.equal(first.adversarial, again.adversarial)
+
+
+def test_query_model_counts_rows_keeps_the_best_and_guards_gradients(cnn, test_batch):
+    x, y = test_batch
+    model = QueryModel(cnn, x, y, "l2")
+    model(x)
+    rows = torch.tensor([1, 4])
+    far, near = torch.zeros_like(x[rows]), x[rows] * 0.0 + 0.5
+    model.predict(far, rows)
+    assert model.queries.tolist() == [1, 2, 1, 1, 2, 1]
+    model.predict(near, rows)
+    for k, row in enumerate(rows):
+        candidates = [c[k] for c in (far, near) if cnn(c[k : k + 1]).argmax(1) != y[row]]
+        if candidates:
+            best = min(distance(c[None], x[row : row + 1], "l2").item() for c in candidates)
+            assert model.best_distance[row].item() == pytest.approx(best)
+    cnn.gradient_mode_for_test = None
+    no_gradient = QueryModel(_NoGradient(cnn), x, y, "l2")
+    with pytest.raises(GradientUnavailable, match="no input gradient"):
+        no_gradient(x.clone().requires_grad_(True))
+
+
+class _NoGradient(torch.nn.Module):
+    gradient = "none"
+    name = "no_gradient"
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        return self.inner(x)
+
+
+def test_a_throwing_or_misshapen_attack_becomes_error_rows(cnn, test_batch):
+    x, y = test_batch
+    clean = cnn(x).argmax(1)
+    outcome = run_attack(RaisingAttack("boom", "linf"), cnn, x, y, clean, seed=0)
+    assert all("always fails" in e for e in outcome.error)
+    assert torch.isinf(outcome.distance).all() and not outcome.success.any()
+
+    class Misshapen(RaisingAttack):
+        def run(self, model, x, y):
+            return x[:, :, :10]
+
+    outcome = run_attack(Misshapen("bad", "linf"), cnn, x, y, clean, seed=0)
+    assert all("returned" in e for e in outcome.error) and torch.isinf(outcome.distance).all()
+
+
+def test_clean_misclassifications_have_distance_zero_and_are_not_attacked(cnn, test_batch):
+    x, y = test_batch
+    wrong = cnn(x).argmax(1)
+    wrong[0] = (y[0] + 1) % 10
+    outcome: Outcome = run_attack(tiny_attack("fgsm"), cnn, x, y, wrong, seed=0)
+    assert outcome.distance[0] == 0 and outcome.success[0] and outcome.queries[0] == 0
+
+
+def test_binarization_refinement_leaves_only_original_or_threshold_pixels(test_batch):
+    x, y = test_batch
+    binary = CNNDefense(binarize_input=True, pretrained=str(REFERENCE_MODELS / "cnn")).eval()
+    clean = binary(x).argmax(1)
+    outcome = run_attack(tiny_attack("fgsm"), binary, x, y, clean, seed=0)
+    hit = outcome.success & (clean == y)
+    assert hit.any()
+    adv, orig = outcome.adversarial[hit], x[hit]
+    below = float(np.nextafter(np.float32(0.5), np.float32(0)))
+    allowed = (adv == orig) | (adv == 0.5) | (adv == below)
+    assert allowed.all()
+
+
+@pytest.mark.parametrize(("norm", "eps"), [("linf", 0.1), ("linf", 0.3), ("l2", 1.0), ("l2", 1.5)])
+def test_bim_agrees_with_foolbox_basic_iterative_attack(norm, eps, cnn, mnist_arrays):
+    """Fixed epsilon, 10 steps of eps/6, no random start, on 200 test images: accuracies within
+    2 points of foolbox's LinfBasicIterativeAttack / L2BasicIterativeAttack called directly."""
+    x = torch.from_numpy(mnist_arrays["test_images"][:200]).float().div(255).unsqueeze(1)
+    y = torch.from_numpy(mnist_arrays["test_labels"][:200].astype(np.int64))
+    clean = cnn(x).argmax(1)
+    ours = IterativeAttack(f"bim_{norm}", norm, eps, steps=10, rel_stepsize=1 / 6, search=False)
+    outcome = run_attack(ours, cnn, x, y, clean, seed=0)
+    our_accuracy = beyond(outcome.distance, eps).float().mean().item()
+    kind = (
+        fb.attacks.LinfBasicIterativeAttack if norm == "linf" else fb.attacks.L2BasicIterativeAttack
+    )
+    theirs = kind(abs_stepsize=eps / 6, steps=10, random_start=False)
+    _, _, success = theirs(fb.PyTorchModel(cnn, bounds=(0, 1)), x, y, epsilons=eps)
+    their_accuracy = 1 - success.float().mean().item()
+    assert abs(our_accuracy - their_accuracy) <= 0.02, (our_accuracy, their_accuracy)
+    assert our_accuracy <= their_accuracy + 1e-6  # early return + best kept: never weaker
+
+
+def test_evaluate_runs_each_norms_suite_and_writes_every_file(tmp_path):
+    for norm, names in NORM_SUITES.items():
+        run_dir = tmp_path / norm
+        summary = run_evaluate(
+            tiny_overrides(
+                "model=cnn",
+                PRETRAINED,
+                "data.test_samples=6",
+                f"norm={norm}",
+                "figure_samples=0",
+                *tiny_attack_overrides(names),
+            ),
+            run_dir,
+        )
+        assert set(summary["attacks"]) == {*names, "all"}
+        assert summary["attacks"]["all"]["accuracy_at_threshold"] < summary["clean_accuracy"]
+        rows = list(csv.DictReader((run_dir / "per_sample.csv").open()))
+        assert len(rows) == 6 * len(names)
+        smallest = np.load(run_dir / "adversarials.npz")
+        assert len(smallest["index"]) == summary["attacks"]["all"]["successes"]
+        for png in ("robustness_curve.png", "adversarials.png"):
+            assert (run_dir / png).stat().st_size > 0
+        all_min = {}
+        for r in rows:
+            all_min[r["index"]] = min(all_min.get(r["index"], np.inf), float(r["distance"]))
+        median = np.median(list(all_min.values()))
+        assert summary["attacks"]["all"]["median_distance"] == pytest.approx(median)
+
+
+def test_a_resumed_run_skips_finished_pairs_and_gives_the_same_summary(tmp_path):
+    names = ["gaussian_noise", "fgm"]
+    overrides = tiny_overrides(
+        "model=cnn",
+        PRETRAINED,
+        "data.test_samples=12",
+        "data.eval_batch_size=4",
+        "norm=l2",
+        "attack=[gaussian_noise,fgm]",
+        "figure_samples=0",
+        *tiny_attack_overrides(names),
+    )
+    full = run_evaluate(overrides, tmp_path / "full")
+    csv_path = tmp_path / "full" / "per_sample.csv"
+    before = csv_path.read_bytes()
+    run_evaluate(overrides, tmp_path / "full")  # nothing left to do: nothing appended
+    assert csv_path.read_bytes() == before
+
+    killed = tmp_path / "killed"
+    killed.mkdir()
+    lines = before.decode().splitlines(keepends=True)
+    # killed after the first batch's both attacks and the second batch's first attack, while
+    # writing a row: 1 header + 4 + 4 + 4 complete rows and half a line
+    (killed / "per_sample.csv").write_text("".join(lines[:13]) + lines[13][:7])
+    shutil.copytree(tmp_path / "full" / "adversarials", killed / "adversarials")
+    resumed = run_evaluate(overrides, killed)
+    rows = list(csv.DictReader((killed / "per_sample.csv").open()))
+    pairs = [(r["index"], r["attack"]) for r in rows if r["error"] is not None]
+    assert len(pairs) == len(set(pairs)) == 24  # each pair once; the cut line dropped
+    assert resumed["clean_accuracy"] == full["clean_accuracy"]
+    assert resumed["n_samples"] == full["n_samples"] == 12
+    for name, stats in full["attacks"].items():  # all but the wall-clock seconds
+        again = {k: v for k, v in resumed["attacks"][name].items() if k != "seconds_per_sample"}
+        assert json.dumps(again) == json.dumps(
+            {k: v for k, v in stats.items() if k != "seconds_per_sample"}
+        )
+
+
+def test_a_broken_attack_in_a_run_is_recorded_and_the_run_goes_on(tmp_path):
+    summary = run_evaluate(
+        tiny_overrides(
+            "model=cnn",
+            PRETRAINED,
+            "data.test_samples=4",
+            "norm=linf",
+            "attack=fgsm",
+            "+attack.boom._target_=conftest.RaisingAttack",
+            "+attack.boom.norm=linf",
+            "figure_samples=0",
+            *tiny_attack_overrides(["fgsm"]),
+        ),
+        tmp_path,
+    )
+    assert summary["attacks"]["boom"]["errors"] == 4
+    assert summary["attacks"]["fgsm"]["errors"] == 0
+    assert summary["attacks"]["all"]["successes"] == 4
+
+
+def test_attack_and_norm_mistakes_are_named(tmp_path):
+    from hydra.errors import MissingConfigException
+
+    with pytest.raises(MissingConfigException, match="(?s)attack/bimm.*bim_l2"):
+        run_evaluate(tiny_overrides("model=cnn", PRETRAINED, "norm=linf", "attack=bimm"), tmp_path)
+    with pytest.raises(MissingConfigException, match="(?s)norm/l3.*linf"):
+        run_evaluate(tiny_overrides("model=cnn", PRETRAINED, "norm=l3"), tmp_path)
+    with pytest.raises(ValueError, match="attack=bim minimises linf, not norm=l2: use norm=linf"):
+        run_evaluate(tiny_overrides("model=cnn", PRETRAINED, "norm=l2", "attack=bim"), tmp_path)
+    with pytest.raises(ValueError, match="attack=bim needs a norm: add norm=linf"):
+        run_evaluate(tiny_overrides("model=cnn", PRETRAINED, "attack=bim"), tmp_path)
+
+
+def test_gradient_attacks_on_a_model_without_gradients(tmp_path):
+    with pytest.raises(
+        ValueError, match="(?s)model=nearest_neighbor has no input gradient.*boundary"
+    ):
+        run_evaluate(
+            tiny_overrides("model=nearest_neighbor", "norm=l2", "attack=fgm"), tmp_path / "a"
+        )
+    summary = run_evaluate(
+        tiny_overrides(
+            "model=nearest_neighbor",
+            "data.test_samples=4",
+            "norm=l2",
+            "attack=[fgm,gaussian_noise]",
+            "figure_samples=0",
+            *tiny_attack_overrides(["gaussian_noise"]),
+        ),
+        tmp_path / "b",
+    )
+    assert "no input gradient" in summary["skipped_attacks"]["fgm"]
+    assert set(summary["attacks"]) == {"gaussian_noise", "all"}
