@@ -88,3 +88,17 @@ def test_summary_table_reads_run_dirs(tmp_path):
     table = summary_table([tmp_path / "a"]).splitlines()
     assert table[0].startswith("| model | samples | clean acc.")
     assert table[2].startswith("| nearest_neighbor | 10 | ")
+
+
+def test_a_slim_checkpoint_evaluates_like_the_full_one(tmp_path):
+    from abslab.models.checkpoints import slim_checkpoint
+
+    run_train(tiny_overrides("model=cnn", "debug=fast", "test_after_fit=false"), tmp_path / "train")
+    full = tmp_path / "train" / "checkpoints" / "last.ckpt"
+    slim = slim_checkpoint(full, tmp_path / "slim.ckpt")
+    assert slim.stat().st_size < full.stat().st_size
+    scores = [
+        run_evaluate(tiny_overrides("model=cnn", f"ckpt={c}"), tmp_path / c.stem)["clean_accuracy"]
+        for c in (full, slim)
+    ]
+    assert scores[0] == scores[1]

@@ -34,3 +34,22 @@ def load_checkpoint_weights(model: Defense, path: str | Path) -> None:
         model.load_state_dict(checkpoint["state_dict"])
     except RuntimeError as err:
         raise WeightsError(f"ckpt={path} does not fit model={model.name}: {err}") from err
+
+
+def slim_checkpoint(source: str | Path, target: str | Path) -> Path:
+    """Keep only the weights and the model name of a train.py checkpoint: a file small enough
+    to commit (no optimizer state), which `ckpt=` loads like the original."""
+    checkpoint = torch.load(source, map_location="cpu", weights_only=True)
+    name = checkpoint.get("hyper_parameters", {}).get("name")
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": checkpoint["state_dict"], "hyper_parameters": {"name": name}}, target)
+    return target
+
+
+if __name__ == "__main__":
+    import sys
+
+    if len(sys.argv) != 3:
+        raise SystemExit("usage: python -m abslab.models.checkpoints SOURCE.ckpt TARGET.ckpt")
+    print(slim_checkpoint(sys.argv[1], sys.argv[2]))
