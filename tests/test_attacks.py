@@ -14,6 +14,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from abslab.attacks.base import EpsilonSearchAttack
 from abslab.attacks.distances import beyond, distance
 from abslab.attacks.gradient import IterativeAttack
 from abslab.attacks.harness import Outcome, run_attack
@@ -305,3 +306,38 @@ def test_gradient_attacks_on_a_model_without_gradients(tmp_path):
     )
     assert "no input gradient" in summary["skipped_attacks"]["fgm"]
     assert set(summary["attacks"]) == {"gaussian_noise", "all"}
+
+
+class _MeanThreshold(torch.nn.Module):
+    """Class 1 once the mean pixel passes 0.2, else class 0: a boundary at a known epsilon."""
+
+    gradient = "none"
+    name = "mean_threshold"
+
+    def forward(self, x):
+        margin = x.flatten(1).mean(1) - 0.2
+        return torch.stack([-margin, margin], 1)
+
+
+class _Shift(EpsilonSearchAttack):
+    norms = ("linf",)
+
+    def candidates(self, model, x, y):
+        return lambda rows, eps: (x[rows] + eps.reshape(-1, 1, 1, 1)).clamp(0, 1)
+
+
+def test_epsilon_search_brackets_then_bisects_to_the_boundary():
+    base = torch.tensor([0.0, 0.05, 0.1, 0.15, 0.95])
+    x = base.reshape(-1, 1, 1, 1).expand(5, 1, 28, 28).clone()
+    x[4] = 0.0
+    x[4, 0, :2] = 1.0  # mean 0.07: needs eps 0.135 on the other 726 pixels (0.2*784-56)/728
+    y = torch.zeros(5, dtype=torch.long)
+    attack = _Shift("shift", "linf", eps_start=0.01, bracket_steps=20, bisect_steps=12)
+    outcome = run_attack(attack, _MeanThreshold(), x, y, y, seed=0)
+    needed = torch.cat([0.2 - base[:4], torch.tensor([(0.2 * 784 - 56) / 728])])
+    assert torch.allclose(outcome.distance, needed, atol=2e-3)
+    assert (outcome.distance >= needed - 1e-6).all()
+    assert (outcome.queries <= 20 + 12).all()
+    never = _Shift("shift", "linf", eps_start=0.5, bracket_steps=20, bisect_steps=0)
+    far = run_attack(never, _MeanThreshold(), torch.zeros(1, 1, 28, 28) - 1.0, y[:1], y[:1], 0)
+    assert far.queries.item() == 3  # 0.5, 0.75, then eps_max 1 once: no repeats

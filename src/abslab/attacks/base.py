@@ -89,8 +89,8 @@ class EpsilonSearchAttack(Attack):
         high = torch.full((n,), float("inf"), device=x.device)
         eps = torch.full((n,), min(self.eps_start, self.eps_max), device=x.device)
         for _ in range(self.bracket_steps):
-            rows = torch.isinf(high).nonzero().flatten()
-            if len(rows) == 0:
+            rows = (torch.isinf(high) & (low < self.eps_max)).nonzero().flatten()
+            if len(rows) == 0:  # every sample bracketed, or failed at eps_max itself
                 break
             self._probe(model, candidate, y, rows, eps[rows], low, high)
             eps[rows] = (eps[rows] * self.growth).clamp(max=self.eps_max)
