@@ -186,7 +186,7 @@ def test_bim_agrees_with_foolbox_basic_iterative_attack(norm, eps, cnn, mnist_ar
     assert our_accuracy <= their_accuracy + 1e-6  # early return + best kept: never weaker
 
 
-def test_evaluate_runs_each_norms_suite_and_writes_every_file(tmp_path):
+def test_evaluate_runs_each_norms_suite_and_writes_every_file(tmp_path, cnn, mnist_arrays):
     for norm, names in NORM_SUITES.items():
         run_dir = tmp_path / norm
         summary = run_evaluate(
@@ -206,6 +206,15 @@ def test_evaluate_runs_each_norms_suite_and_writes_every_file(tmp_path):
         assert len(rows) == 6 * len(names)
         smallest = np.load(run_dir / "adversarials.npz")
         assert len(smallest["index"]) == summary["attacks"]["all"]["successes"]
+        images = torch.from_numpy(smallest["images"]).unsqueeze(1)
+        originals = torch.from_numpy(mnist_arrays["test_images"][smallest["index"]])
+        originals = originals.float().div(255).unsqueeze(1)
+        assert images.min() >= 0 and images.max() <= 1
+        with torch.no_grad():
+            assert torch.equal(cnn(images).argmax(1), torch.from_numpy(smallest["adv_pred"]))
+        assert (smallest["adv_pred"] != smallest["label"]).all()
+        measured = distance(images, originals, norm).numpy()
+        assert np.allclose(measured, smallest["distance"], rtol=1e-6)
         for png in ("robustness_curve.png", "adversarials.png"):
             assert (run_dir / png).stat().st_size > 0
         all_min = {}
