@@ -350,3 +350,22 @@ def test_epsilon_search_brackets_then_bisects_to_the_boundary():
     never = _Shift("shift", "linf", eps_start=0.5, bracket_steps=20, bisect_steps=0)
     far = run_attack(never, _MeanThreshold(), torch.zeros(1, 1, 28, 28) - 1.0, y[:1], y[:1], 0)
     assert far.queries.item() == 3  # 0.5, 0.75, then eps_max 1 once: no repeats
+
+
+def test_a_defense_raising_on_nan_inside_an_attack_becomes_error_rows(cnn, test_batch):
+    """ABS raises FloatingPointError when its bound turns NaN: a recorded failure, not a crash."""
+
+    class NaNInside(torch.nn.Module):
+        gradient = "exact"
+        name = "nan_inside"
+
+        def forward(self, x):
+            if x.requires_grad:
+                raise FloatingPointError("model=nan_inside: the ELBO is NaN")
+            return cnn(x)
+
+    x, y = test_batch
+    clean = cnn(x).argmax(1)
+    outcome = run_attack(tiny_attack("bim"), NaNInside(), x, y, clean, seed=0)
+    assert all(e.startswith("FloatingPointError: model=nan_inside") for e in outcome.error)
+    assert torch.isinf(outcome.distance).all()
