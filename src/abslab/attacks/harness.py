@@ -34,6 +34,21 @@ class Outcome:
     seconds: torch.Tensor
     error: list[str]
 
+    @classmethod
+    def unattacked(cls, x: torch.Tensor, y: torch.Tensor, clean_pred: torch.Tensor) -> Outcome:
+        """Before any attack: clean misclassifications are adversarial at distance 0, the
+        others not (yet): infinite distance, no prediction (-1)."""
+        n, wrong = len(x), clean_pred != y
+        return cls(
+            adversarial=x.clone(),
+            success=wrong.clone(),
+            adv_pred=torch.where(wrong, clean_pred, -1),
+            distance=torch.where(wrong, 0.0, float("inf")),
+            queries=torch.zeros(n, dtype=torch.long, device=x.device),
+            seconds=torch.zeros(n, device=x.device),
+            error=[""] * n,
+        )
+
 
 def attack_seed(seed: int, attack: str, first_index: int) -> int:
     """A seed per (run seed, attack, batch): reruns and resumed runs repeat each batch exactly."""
@@ -56,18 +71,8 @@ def run_attack(
     attack that raises (a NaN inside the defense included) or returns the wrong shape fails
     for the whole batch; NaN in a sample's output fails that sample. Errors become rows.
     """
-    n = len(x)
-    wrong = clean_pred != y
-    out = Outcome(
-        adversarial=x.clone(),
-        success=wrong.clone(),
-        adv_pred=torch.where(wrong, clean_pred, -1),
-        distance=torch.where(wrong, 0.0, float("inf")),
-        queries=torch.zeros(n, dtype=torch.long, device=x.device),
-        seconds=torch.zeros(n, device=x.device),
-        error=[""] * n,
-    )
-    rows = (~wrong).nonzero().flatten()
+    out = Outcome.unattacked(x, y, clean_pred)
+    rows = (~out.success).nonzero().flatten()
     if len(rows) == 0:
         return out
     torch.manual_seed(seed)

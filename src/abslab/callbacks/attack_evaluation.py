@@ -66,7 +66,7 @@ class AttackEvaluation(pl.Callback):
         x, y, index = batch
         clean_pred = outputs["clean_pred"]
         if not self.attacks:
-            self._write(CLEAN_ONLY, index, y, clean_pred, self._clean_outcome(x, y, clean_pred))
+            self._write(CLEAN_ONLY, index, y, clean_pred, Outcome.unattacked(x, y, clean_pred))
             return
         for attack in self.attacks:
             todo = torch.tensor(
@@ -79,19 +79,6 @@ class AttackEvaluation(pl.Callback):
                 self._bar.set_postfix_str(f"{attack.name} on {int(todo.sum())} samples")
             outcome = run_attack(attack, pl_module, x[todo], y[todo], clean_pred[todo], seed)
             self._write(attack.name, index[todo], y[todo], clean_pred[todo], outcome)
-
-    @staticmethod
-    def _clean_outcome(x: torch.Tensor, y: torch.Tensor, clean_pred: torch.Tensor) -> Outcome:
-        wrong = clean_pred != y
-        return Outcome(
-            adversarial=x,
-            success=wrong,
-            adv_pred=clean_pred,
-            distance=torch.where(wrong, 0.0, float("inf")),
-            queries=torch.zeros_like(y),
-            seconds=torch.zeros(len(y)),
-            error=[""] * len(y),
-        )
 
     def _write(
         self,

@@ -82,11 +82,6 @@ def _attack_outputs(
     ]
 
 
-def summarize_run(cfg: DictConfig, rows: list[dict[str, Any]]) -> dict[str, Any]:
-    names = [str(n) for n in cfg.attack]
-    return summarize(rows, names, float(cfg.norm.threshold), curve_epsilons(cfg.norm))
-
-
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate `cfg.model` on the test slice under `cfg.norm`'s attacks (`cfg.attack`)."""
     seed_if_given(cfg.seed)
@@ -139,7 +134,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             ),
         }
         if attacks:
-            summary.update(summarize_run(cfg, rows))
+            epsilons = curve_epsilons(cfg.norm)
+            summary.update(summarize(rows, names, float(cfg.norm.threshold), epsilons))
             summary["skipped_attacks"] = skipped
             summary["budgets"] = {a.name: {"source": a.source, **a.budget()} for a in attacks}
         summary.update(
