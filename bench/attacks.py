@@ -19,10 +19,10 @@ import time
 from pathlib import Path
 
 import torch
-from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from abslab.attacks.harness import run_attack
+from abslab.attacks.suite import instantiate_attack
 from abslab.data.mnist import MNISTDataModule
 from abslab.models.abs import ABSDefense
 from abslab.models.base import Defense
@@ -88,7 +88,7 @@ def main() -> None:
             if args.only and name not in args.only:
                 continue
             spec, changed = attack_config(name, args.budget)
-            attack = instantiate(spec, name=name)
+            attack = instantiate_attack(name, spec)
             started = time.perf_counter()
             outcome = run_attack(attack, model, x, y, clean, seed=0)
             elapsed = time.perf_counter() - started

@@ -11,7 +11,6 @@ import foolbox as fb
 import numpy as np
 import pytest
 import torch
-from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from abslab.attacks.base import EpsilonSearchAttack
@@ -19,6 +18,7 @@ from abslab.attacks.distances import beyond, distance
 from abslab.attacks.gradient import IterativeAttack
 from abslab.attacks.harness import Outcome, run_attack
 from abslab.attacks.queries import GradientUnavailable, QueryModel
+from abslab.attacks.suite import instantiate_attack
 from abslab.models.cnn import CNNDefense
 from conftest import CONF, REFERENCE_MODELS, RaisingAttack, run_evaluate, tiny_overrides
 
@@ -49,7 +49,7 @@ NORM_SUITES = {
 
 def tiny_attack(name: str):
     spec = OmegaConf.load(CONF / "attack" / f"{name}.yaml")[name]
-    return instantiate(OmegaConf.merge(spec, TINY[name]), name=name)
+    return instantiate_attack(name, OmegaConf.merge(spec, TINY[name]))
 
 
 def tiny_attack_overrides(names: list[str]) -> list[str]:
@@ -369,3 +369,14 @@ def test_a_defense_raising_on_nan_inside_an_attack_becomes_error_rows(cnn, test_
     outcome = run_attack(tiny_attack("bim"), NaNInside(), x, y, clean, seed=0)
     assert all(e.startswith("FloatingPointError: model=nan_inside") for e in outcome.error)
     assert torch.isinf(outcome.distance).all()
+
+
+def test_max_queries_stops_an_attack_and_keeps_what_it_met(cnn, test_batch):
+    x, y = test_batch
+    clean = cnn(x).argmax(1)
+    attack = tiny_attack("pointwise")
+    attack.max_queries = 25
+    outcome = run_attack(attack, cnn, x, y, clean, seed=0)
+    assert (outcome.queries <= 25).all() and outcome.error == [""] * len(x)
+    assert outcome.success.sum() >= len(x) // 2  # the salt-and-pepper starts it met
+    assert attack.budget()["max_queries"] == 25

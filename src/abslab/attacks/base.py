@@ -21,12 +21,14 @@ class Attack:
     autograd for input gradients; `source` says whose code it is (foolbox 3 where foolbox has
     the paper's attack, abslab where foolbox lacks it or differs in a way that matters).
     The harness verifies whatever `run` returns: clips it, re-predicts it, measures it, and
-    also takes the smallest adversarial the QueryModel saw among the queries.
+    also takes the smallest adversarial the QueryModel saw among the queries. `max_queries`
+    (any attack's config key) stops an attack once a sample has used that many queries.
     """
 
     norms: tuple[str, ...] = NORMS
     needs_gradient: bool = False
     source: str = "abslab"
+    max_queries: int | None = None  # per sample; set from the attack's config by the suite
 
     def __init__(self, name: str, norm: str) -> None:
         if norm not in self.norms:
@@ -43,7 +45,8 @@ class Attack:
 
     def budget(self) -> dict[str, Any]:
         """The attack's settings, for results files."""
-        return {k: v for k, v in vars(self).items() if not k.startswith("_") and k != "name"}
+        settings = {k: v for k, v in vars(self).items() if not k.startswith("_") and k != "name"}
+        return {"max_queries": self.max_queries, **settings}
 
 
 class EpsilonSearchAttack(Attack):

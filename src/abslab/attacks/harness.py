@@ -13,7 +13,7 @@ import torch
 from abslab.attacks.base import Attack
 from abslab.attacks.distances import distance
 from abslab.attacks.library import refine_binarized
-from abslab.attacks.queries import QueryModel
+from abslab.attacks.queries import QueryBudgetExhausted, QueryModel
 from abslab.models.base import Defense
 
 log = logging.getLogger(__name__)
@@ -69,7 +69,8 @@ def run_attack(
     models: each also after binarization refinement). Each is clipped to [0, 1], re-predicted
     by the defense itself and measured here; the smallest misclassified one is kept. An
     attack that raises (a NaN inside the defense included) or returns the wrong shape fails
-    for the whole batch; NaN in a sample's output fails that sample. Errors become rows.
+    for the whole batch; NaN in a sample's output fails that sample. Errors become rows. An
+    attack stopped by its `max_queries` is no error: the smallest adversarial it met counts.
     """
     out = Outcome.unattacked(x, y, clean_pred)
     rows = (~out.success).nonzero().flatten()
@@ -77,7 +78,7 @@ def run_attack(
         return out
     torch.manual_seed(seed)
     np.random.seed(seed)  # foolbox's Pointwise shuffles with numpy's global generator
-    model = QueryModel(defense, x[rows], y[rows], attack.norm)
+    model = QueryModel(defense, x[rows], y[rows], attack.norm, attack.max_queries)
     started = time.perf_counter()
     candidates, errors = _candidates(attack, model, x[rows], y[rows])
     if getattr(defense, "binarize_input", False) and candidates:
@@ -98,6 +99,8 @@ def _candidates(
     try:
         with torch.enable_grad():
             returned = attack.run(model, x, y)
+    except QueryBudgetExhausted:  # a budget, not a fault: keep what the queries met
+        return [model.best.clone()], [""] * len(x)
     except Exception as exc:  # any failure of an attack is a recorded row, never a dead sweep
         log.warning("attack %s failed on a batch: %s: %s", attack.name, type(exc).__name__, exc)
         return [], [f"{type(exc).__name__}: {exc}"[:300]] * len(x)

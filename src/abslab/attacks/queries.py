@@ -16,6 +16,10 @@ class GradientUnavailable(RuntimeError):
     """An attack asked autograd for the input gradient of a model whose `gradient` is "none"."""
 
 
+class QueryBudgetExhausted(RuntimeError):
+    """A query would take a sample past the attack's `max_queries`: the attack stops there."""
+
+
 class QueryModel(nn.Module):
     """Wraps a defense for one batch of originals x (B, 1, 28, 28) with labels y (B,).
 
@@ -27,10 +31,20 @@ class QueryModel(nn.Module):
       attack that returns only its last iterate loses nothing it met on the way.
     - A model whose `gradient` is "none" refuses inputs that require grad: the harness, not
       the declaration, keeps autograd away from it.
+    - `max_queries`: a call that would take any of its samples past it raises
+      QueryBudgetExhausted (the harness then keeps what the attack met so far).
     """
 
-    def __init__(self, defense: Defense, x: torch.Tensor, y: torch.Tensor, norm: str) -> None:
+    def __init__(
+        self,
+        defense: Defense,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        norm: str,
+        max_queries: int | None = None,
+    ) -> None:
         super().__init__()
+        self.max_queries = max_queries
         self.defense = defense
         self.norm = norm
         self.register_buffer("x", x.detach())
@@ -61,6 +75,8 @@ class QueryModel(nn.Module):
                 f"model={self.defense.name} has no input gradient (gradient: none): use a "
                 "decision- or score-based attack."
             )
+        if self.max_queries is not None and (self.queries[rows] >= self.max_queries).any():
+            raise QueryBudgetExhausted(f"max_queries={self.max_queries} reached")
         logits = self.defense(inputs)
         self._remember(inputs.detach(), logits.detach(), rows)
         return logits

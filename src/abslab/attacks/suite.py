@@ -34,6 +34,15 @@ def _alternatives(norm: str, gradient_free: bool) -> str:
     return ", ".join(names) or "none yet"
 
 
+def instantiate_attack(name: str, spec: DictConfig) -> Attack:
+    """The attack of a config; `max_queries` (any attack's key) is the harness's budget."""
+    settings = OmegaConf.to_container(spec)
+    max_queries = settings.pop("max_queries", None)
+    attack = instantiate(settings, name=name)
+    attack.max_queries = max_queries
+    return attack
+
+
 def build_attacks(
     attack_cfg: DictConfig | None, norm: str, defense: Defense
 ) -> tuple[list[Attack], dict[str, str]]:
@@ -59,7 +68,7 @@ def build_attacks(
                 f"norm={attack_cfg[name].norm}, or an attack of norm={norm}: "
                 f"{_alternatives(norm, gradient_free=False)}."
             )
-    attacks: list[Attack] = [instantiate(attack_cfg[name], name=name) for name in names]
+    attacks = [instantiate_attack(name, attack_cfg[name]) for name in names]
     skipped = {
         a.name: f"model={defense.name} has no input gradient (gradient: none)"
         for a in attacks
