@@ -72,6 +72,7 @@ class RaisingAttack:
 
     needs_gradient = False
     source = "test"
+    max_queries = None
 
     def __init__(self, name: str, norm: str) -> None:
         self.name, self.norm = name, norm
