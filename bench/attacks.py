@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import torch
+import yaml
 from omegaconf import OmegaConf
 
 from abslab.attacks.harness import run_attack
@@ -50,7 +51,7 @@ def attack_config(name: str, budget: list[str]):
         key, value = item.split("=", 1)
         attack, field = key.split(".", 1)
         if attack == name:
-            spec[field] = OmegaConf.create({field: value})[field]  # typed by YAML
+            spec[field] = yaml.safe_load(value)  # typed as YAML, as a Hydra override
             changed[field] = spec[field]
     return spec, changed
 
@@ -80,8 +81,8 @@ def main() -> None:
         f"({int((clean == y).sum())} correctly classified and attacked), one batch.",
         "",
         "| norm | attack | code | budget changed from the paper's | s/sample | queries/sample "
-        "| ms/query | broken |",
-        "|---|---|---|---|---|---|---|---|",
+        "| ms/query | broken | errors |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for norm in args.norms:
         for name in SUITES[norm]:
@@ -100,7 +101,7 @@ def main() -> None:
             lines.append(
                 f"| {norm} | {name} | {attack.source} | {changes} | {seconds:.3f} | "
                 f"{queries:.0f} | {1000 * seconds / max(queries, 1):.2f} | "
-                f"{broken}/{int(attacked.sum())} |"
+                f"{broken}/{int(attacked.sum())} | {sum(bool(e) for e in outcome.error)} |"
             )
             print(lines[-1], flush=True)
     write_section(Path(args.out), f"## {args.model}, ", "\n".join(lines) + "\n")
