@@ -14,6 +14,16 @@ from abslab.attacks.queries import QueryModel
 Candidate = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
+def along(x: torch.Tensor, direction: torch.Tensor) -> Candidate:
+    """The candidates x + eps * direction, clipped to [0, 1]: a fixed direction per sample
+    (FGM/FGSM's gradient, Gaussian noise) scaled by the search's eps."""
+
+    def candidate(rows: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        return (x[rows] + eps.reshape(-1, 1, 1, 1) * direction[rows]).clamp(0, 1)
+
+    return candidate
+
+
 class Attack:
     """One attack: `run(model, x, y)` returns candidate adversarials of x's shape.
 

@@ -13,7 +13,7 @@ from collections.abc import Callable
 import torch
 from torch.nn import functional as F
 
-from abslab.attacks.base import Candidate, EpsilonSearchAttack
+from abslab.attacks.base import Candidate, EpsilonSearchAttack, along
 from abslab.attacks.queries import QueryModel
 
 # logits_fn(x_sub (R, 1, 28, 28), rows (R,)) -> logits (R, 10): rows index the batch of `iterate`.
@@ -28,14 +28,16 @@ def _unit_l2(v: torch.Tensor) -> torch.Tensor:
     return v / v.flatten(1).norm(dim=1).clamp_min(1e-12).reshape(-1, 1, 1, 1)
 
 
-def input_gradient(logits_fn: LogitsFn, x: torch.Tensor, y: torch.Tensor, rows: torch.Tensor):
-    """Gradient (R, 1, 28, 28) of the summed cross-entropy at x (R, ...) for samples rows:
-    per-sample gradients, since samples do not interact."""
+def input_gradient(
+    logits_fn: LogitsFn, x: torch.Tensor, y: torch.Tensor, rows: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gradient (R, 1, 28, 28) of the summed cross-entropy at x (R, ...) for samples rows, and
+    the logits (R, 10) there: per-sample gradients, since samples do not interact."""
     with torch.enable_grad():
         x = x.detach().requires_grad_(True)
-        loss = F.cross_entropy(logits_fn(x, rows), y, reduction="sum")
-        (grad,) = torch.autograd.grad(loss, x)
-    return grad
+        logits = logits_fn(x, rows)
+        (grad,) = torch.autograd.grad(F.cross_entropy(logits, y, reduction="sum"), x)
+    return grad, logits.detach()
 
 
 def project(delta: torch.Tensor, eps: torch.Tensor, norm: str) -> torch.Tensor:
@@ -76,11 +78,8 @@ def iterate(
     velocity = torch.zeros_like(x)
     active = torch.arange(n, device=device)
     for _ in range(steps):
-        with torch.enable_grad():
-            x_in = x_adv[active].detach().requires_grad_(True)
-            logits = logits_fn(x_in, active)
-            loss = F.cross_entropy(logits, y[active], reduction="sum")
-            (grad,) = torch.autograd.grad(loss, x_in)
+        x_in = x_adv[active]
+        grad, logits = input_gradient(logits_fn, x_in, y[active], active)
         if stop_on_success:
             going = logits.argmax(1) == y[active]
             active, grad, x_in = active[going], grad[going], x_in[going]
@@ -91,7 +90,7 @@ def iterate(
             velocity[active] = momentum * velocity[active] + grad / mean_abs
             grad = velocity[active]
         direction = grad.sign() if norm == "linf" else _unit_l2(grad)
-        moved = x_in.detach() + step_[active] * direction
+        moved = x_in + step_[active] * direction
         delta = project(moved - x[active], eps_[active], norm)
         x_adv[active] = (x[active] + delta).clamp(0, 1)
     return x_adv.detach()
@@ -156,10 +155,5 @@ class SingleStepAttack(EpsilonSearchAttack):
 
     def candidates(self, model: QueryModel, x: torch.Tensor, y: torch.Tensor) -> Candidate:
         everyone = torch.arange(len(x), device=x.device)
-        grad = input_gradient(model, x, y, everyone)
-        direction = grad.sign() if self.norm == "linf" else _unit_l2(grad)
-
-        def candidate(rows: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-            return (x[rows] + eps.reshape(-1, 1, 1, 1) * direction[rows]).clamp(0, 1)
-
-        return candidate
+        grad, _ = input_gradient(model, x, y, everyone)
+        return along(x, grad.sign() if self.norm == "linf" else _unit_l2(grad))

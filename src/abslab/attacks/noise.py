@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from abslab.attacks.base import Attack, Candidate, EpsilonSearchAttack
+from abslab.attacks.base import Attack, Candidate, EpsilonSearchAttack, along
 from abslab.attacks.distances import distance
 from abslab.attacks.queries import QueryModel
 
@@ -34,12 +34,7 @@ class GaussianNoiseAttack(EpsilonSearchAttack):
 
     def candidates(self, model: QueryModel, x: torch.Tensor, y: torch.Tensor) -> Candidate:
         noise = torch.randn_like(x)
-        direction = noise / noise.flatten(1).norm(dim=1).reshape(-1, 1, 1, 1)
-
-        def candidate(rows: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-            return (x[rows] + eps.reshape(-1, 1, 1, 1) * direction[rows]).clamp(0, 1)
-
-        return candidate
+        return along(x, noise / noise.flatten(1).norm(dim=1).reshape(-1, 1, 1, 1))
 
 
 def salt_and_pepper(x: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
