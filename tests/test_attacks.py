@@ -23,6 +23,7 @@ from abslab.models.cnn import CNNDefense
 from conftest import CONF, REFERENCE_MODELS, RaisingAttack, run_evaluate, tiny_overrides
 
 PRETRAINED = f"model.pretrained={REFERENCE_MODELS / 'cnn'}"
+SUBSTITUTE = str(REFERENCE_MODELS / "cnn" / "transfer_cnn.net")
 
 # Each attack at a tiny budget, so the whole suite runs in seconds on CPU.
 TINY = {
@@ -39,11 +40,31 @@ TINY = {
     "pointwise": {"init_epsilons": 20, "init_repetitions": 1, "repetitions": 1},
     "pointwise_l2": {"init_epsilons": 20, "init_repetitions": 1, "repetitions": 1},
     "salt_pepper": {"epsilons": 20, "repetitions": 2},
+    "transfer_l2": {"substitute_attacks": ["fgm"], "substitute_weights": SUBSTITUTE},
+    "transfer_linf": {"substitute_attacks": ["fgsm"], "substitute_weights": SUBSTITUTE},
 }
+# The _ge attacks: their base's budget; tests/test_paper_attacks.py runs each on a CNN small
+# enough to be queried 1,568 times a gradient.
+for _base in ("fgm", "fgsm", "bim", "bim_l2", "mim", "deepfool_l2", "deepfool_linf"):
+    TINY[f"{_base}_ge"] = TINY[_base]
+# Each norm's suite as the CNN runs it: the _ge attacks and Latent Descent are skipped there.
 NORM_SUITES = {
-    "l2": ["gaussian_noise", "boundary", "pointwise_l2", "fgm", "deepfool_l2", "bim_l2"],
-    "linf": ["fgsm", "deepfool_linf", "bim", "mim"],
+    "l2": [
+        "transfer_l2",
+        "gaussian_noise",
+        "boundary",
+        "pointwise_l2",
+        "fgm",
+        "deepfool_l2",
+        "bim_l2",
+    ],
+    "linf": ["transfer_linf", "fgsm", "deepfool_linf", "bim", "mim"],
     "l0": ["salt_pepper", "pointwise"],
+}
+SKIPPED_ON_CNN = {
+    "l2": ["fgm_ge", "deepfool_l2_ge", "bim_l2_ge", "latent_descent"],
+    "linf": ["fgsm_ge", "deepfool_linf_ge", "bim_ge", "mim_ge"],
+    "l0": [],
 }
 
 
@@ -52,8 +73,14 @@ def tiny_attack(name: str):
     return instantiate_attack(name, OmegaConf.merge(spec, TINY[name]))
 
 
+def _override_value(value) -> str:
+    if isinstance(value, list):
+        return f"[{','.join(value)}]"
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
 def tiny_attack_overrides(names: list[str]) -> list[str]:
-    return [f"attack.{n}.{k}={v}" for n in names for k, v in TINY[n].items()]
+    return [f"attack.{n}.{k}={_override_value(v)}" for n in names for k, v in TINY[n].items()]
 
 
 @pytest.fixture(scope="module")
@@ -69,12 +96,13 @@ def test_batch(mnist_arrays):
 
 
 def test_every_configured_attack_has_a_tiny_budget_here():
-    configured = {p.stem for p in (CONF / "attack").glob("*.yaml")} - {"none"}
+    configured = {p.stem for p in (CONF / "attack").glob("*.yaml")} - {"none", "latent_descent"}
     assert configured == set(TINY)
-    assert {a for suite in NORM_SUITES.values() for a in suite} | {"pgd"} == set(TINY)
+    suites = {a for norm in NORM_SUITES for a in NORM_SUITES[norm] + SKIPPED_ON_CNN[norm]}
+    assert suites | {"pgd"} == set(TINY) | {"latent_descent"}
 
 
-@pytest.mark.parametrize("name", sorted(TINY))
+@pytest.mark.parametrize("name", sorted(n for n in TINY if not n.endswith("_ge")))
 def test_attack_breaks_the_cnn_with_verified_rows_and_repeats_for_a_seed(name, cnn, test_batch):
     x, y = test_batch
     attack = tiny_attack(name)
@@ -201,6 +229,7 @@ def test_evaluate_runs_each_norms_suite_and_writes_every_file(tmp_path, cnn, mni
             run_dir,
         )
         assert set(summary["attacks"]) == {*names, "all"}
+        assert set(summary["skipped_attacks"]) == set(SKIPPED_ON_CNN[norm])
         assert summary["attacks"]["all"]["accuracy_at_threshold"] < summary["clean_accuracy"]
         rows = list(csv.DictReader((run_dir / "per_sample.csv").open()))
         assert len(rows) == 6 * len(names)

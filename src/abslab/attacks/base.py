@@ -8,7 +8,9 @@ from typing import Any
 import torch
 
 from abslab.attacks.distances import NORMS
+from abslab.attacks.estimators import GradientEstimator
 from abslab.attacks.queries import QueryModel
+from abslab.models.base import Defense
 
 # candidate(rows (R,), eps (R,)) -> images (R, 1, 28, 28) in [0, 1] for those samples at eps.
 Candidate = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -39,6 +41,11 @@ class Attack:
     needs_gradient: bool = False
     source: str = "abslab"
     max_queries: int | None = None  # per sample; set from the attack's config by the suite
+    # Set from the config's `estimator` keys (the _ge attacks): gradients come from scores.
+    estimator: GradientEstimator | None = None
+    # A _ge attack skips models whose autograd gradient is exact (CNN, Madry), as the paper's
+    # "w/ GE" rows do: there the estimate only costs queries. Config key of the same name.
+    skip_exact_gradients: bool = True
 
     def __init__(self, name: str, norm: str) -> None:
         if norm not in self.norms:
@@ -53,10 +60,23 @@ class Attack:
         """x (B, 1, 28, 28) in [0, 1], correctly classified; y (B,) -> adversarials (B, ...)."""
         raise NotImplementedError
 
+    def unsupported(self, defense: Defense) -> str | None:
+        """Why this attack cannot run on `defense` (the suite skips it, recording why), or None."""
+        if self.needs_gradient and self.estimator is None and defense.gradient == "none":
+            return f"model={defense.name} has no input gradient (gradient: none)"
+        if self.estimator is not None and self.skip_exact_gradients and defense.gradient == "exact":
+            return (
+                f"model={defense.name} has exact input gradients, so estimating them only costs "
+                f"queries (attack.{self.name}.skip_exact_gradients=false runs it anyway)"
+            )
+        return None
+
     def budget(self) -> dict[str, Any]:
         """The attack's settings, for results files."""
-        settings = {k: v for k, v in vars(self).items() if not k.startswith("_") and k != "name"}
-        return {"max_queries": self.max_queries, **settings}
+        hidden = ("name", "max_queries", "estimator", "skip_exact_gradients")
+        settings = {k: v for k, v in vars(self).items() if k[0] != "_" and k not in hidden}
+        estimator = vars(self.estimator) if self.estimator is not None else None
+        return {"max_queries": self.max_queries, **settings, "estimator": estimator}
 
 
 class EpsilonSearchAttack(Attack):
@@ -96,11 +116,18 @@ class EpsilonSearchAttack(Attack):
         raise NotImplementedError
 
     def run(self, model: QueryModel, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        candidate = self.candidates(model, x, y)
-        n = len(x)
-        low = torch.zeros(n, device=x.device)
-        high = torch.full((n,), float("inf"), device=x.device)
-        eps = torch.full((n,), min(self.eps_start, self.eps_max), device=x.device)
+        start = torch.full((len(x),), self.eps_start, device=x.device)
+        return self.epsilon_search(model, self.candidates(model, x, y), y, start)
+
+    def epsilon_search(
+        self, model: QueryModel, candidate: Candidate, y: torch.Tensor, start: torch.Tensor
+    ) -> torch.Tensor:
+        """The bracket-then-bisect search over eps from `start` (B,) per sample, judged by the
+        model's decisions only; returns the smallest adversarial the queries met (B, ...)."""
+        n = len(y)
+        low = torch.zeros(n, device=y.device)
+        high = torch.full((n,), float("inf"), device=y.device)
+        eps = start.clamp(max=self.eps_max)
         for _ in range(self.bracket_steps):
             rows = (torch.isinf(high) & (low < self.eps_max)).nonzero().flatten()
             if len(rows) == 0:  # every sample bracketed, or failed at eps_max itself

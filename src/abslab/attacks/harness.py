@@ -78,7 +78,7 @@ def run_attack(
         return out
     torch.manual_seed(seed)
     np.random.seed(seed)  # foolbox's Pointwise shuffles with numpy's global generator
-    model = QueryModel(defense, x[rows], y[rows], attack.norm, attack.max_queries)
+    model = QueryModel(defense, x[rows], y[rows], attack.norm, attack.max_queries, attack.estimator)
     started = time.perf_counter()
     candidates, errors = _candidates(attack, model, x[rows], y[rows])
     if getattr(defense, "binarize_input", False) and candidates:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 from torch import nn
 
 from abslab.attacks.distances import distance
+from abslab.attacks.estimators import EstimatedLogits, GradientEstimator
 from abslab.models.base import Defense
 
 
@@ -33,6 +35,8 @@ class QueryModel(nn.Module):
       the declaration, keeps autograd away from it.
     - `max_queries`: a call that would take any of its samples past it raises
       QueryBudgetExhausted (the harness then keeps what the attack met so far).
+    - `estimator` (the _ge attacks): input gradients come from the estimator's counted
+      queries (`EstimatedLogits`), whatever the model's own `gradient`.
     """
 
     def __init__(
@@ -42,9 +46,12 @@ class QueryModel(nn.Module):
         y: torch.Tensor,
         norm: str,
         max_queries: int | None = None,
+        estimator: GradientEstimator | None = None,
     ) -> None:
         super().__init__()
         self.max_queries = max_queries
+        self.estimator = estimator
+        self._jacobian_at: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
         self.defense = defense
         self.norm = norm
         self.register_buffer("x", x.detach())
@@ -67,30 +74,71 @@ class QueryModel(nn.Module):
 
     def forward(self, inputs: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
         """inputs (R, 1, 28, 28) for samples `rows` (R,) -> logits (R, 10)."""
+        if inputs.requires_grad and self.estimator is not None:
+            rows = self._active if rows is None else rows.to(self.x.device)
+            return EstimatedLogits.apply(inputs, self, rows)
+        rows = self._admit(inputs, rows)
+        logits = self.defense(inputs)
+        self._remember(inputs.detach(), logits.detach(), rows)
+        return logits
+
+    def scores(self, inputs: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """Logits (R, 10) of inputs for samples rows, counted, without autograd on the model."""
+        with torch.no_grad():
+            return self(inputs.detach(), rows)
+
+    def estimated_jacobian(self, inputs: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """The estimator's Jacobian (R, 10, 784) at inputs; the last one is kept, so the
+        several gradients an attack takes at one point (DeepFool: one per class) cost its
+        queries once."""
+        cached = self._jacobian_at
+        if cached is None or not (torch.equal(cached[0], rows) and torch.equal(cached[1], inputs)):
+            jacobian = self.estimator.jacobian(self, inputs, rows)
+            self._jacobian_at = cached = (rows.clone(), inputs.clone(), jacobian)
+        return cached[2]
+
+    def infer(self, inputs: torch.Tensor, rows: torch.Tensor | None = None) -> Any:
+        """The defense's `infer(inputs)` (ABS: logits, latents, reconstructions), counted and
+        remembered as a forward: for attacks that read a model's internals (Latent Descent)."""
+        if not hasattr(self.defense, "infer"):
+            raise TypeError(f"model={self.defense.name} has no `infer`: it is not an ABS model.")
+        rows = self._admit(inputs, rows)
+        with torch.no_grad():
+            out = self.defense.infer(inputs.detach())
+        self._remember(inputs.detach(), out.logits.detach(), rows)
+        return out
+
+    def _admit(self, inputs: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
+        """The rows a call is about, after checking the gradient policy and the budget."""
         rows = self._active if rows is None else rows.to(self.x.device)
         if len(inputs) != len(rows):
             raise ValueError(f"{len(inputs)} inputs for {len(rows)} samples: pass rows=.")
         if inputs.requires_grad and self.defense.gradient == "none":
             raise GradientUnavailable(
                 f"model={self.defense.name} has no input gradient (gradient: none): use a "
-                "decision- or score-based attack."
+                "decision- or score-based attack, or a _ge attack (estimated gradients)."
             )
-        if self.max_queries is not None and (self.queries[rows] >= self.max_queries).any():
-            raise QueryBudgetExhausted(f"max_queries={self.max_queries} reached")
-        logits = self.defense(inputs)
-        self._remember(inputs.detach(), logits.detach(), rows)
-        return logits
+        if self.max_queries is not None:
+            after = self.queries + torch.bincount(rows, minlength=len(self.queries))
+            if (after > self.max_queries).any():
+                raise QueryBudgetExhausted(f"max_queries={self.max_queries} reached")
+        return rows
 
     def _remember(self, inputs: torch.Tensor, logits: torch.Tensor, rows: torch.Tensor) -> None:
-        self.queries[rows] += 1
+        """Count the rows (a sample may appear many times: an estimator's queries) and keep,
+        per sample, the smallest adversarial among them if it beats the best so far."""
+        self.queries.index_add_(0, rows, torch.ones_like(rows))
         flat = inputs.flatten(1)
         valid = (flat >= 0).all(1) & (flat <= 1).all(1) & torch.isfinite(logits).all(1)
         adversarial = valid & (logits.argmax(1) != self.y[rows])
         if not adversarial.any():
             return
         found = distance(inputs[adversarial], self.x[rows[adversarial]], self.norm)
-        improves = found < self.best_distance[rows[adversarial]]
-        where = rows[adversarial][improves]
+        owners = rows[adversarial]
+        smallest = torch.full_like(self.best_distance, float("inf"))
+        smallest = smallest.scatter_reduce(0, owners, found, "amin")
+        improves = (found == smallest[owners]) & (found < self.best_distance[owners])
+        where = owners[improves]
         self.best_distance[where] = found[improves]
         self.best[where] = inputs[adversarial][improves]
 

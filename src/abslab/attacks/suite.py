@@ -9,6 +9,7 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from abslab.attacks.base import Attack
+from abslab.attacks.estimators import GradientEstimator
 from abslab.models.base import Defense
 
 log = logging.getLogger(__name__)
@@ -21,7 +22,8 @@ def catalog() -> dict[str, tuple[str, bool]]:
     for path in sorted(ATTACK_CONFIGS.glob("*.yaml")):
         for name, spec in OmegaConf.load(path).items():
             if isinstance(spec, DictConfig) and "_target_" in spec:
-                found[str(name)] = (spec.norm, get_class(spec._target_).needs_gradient)
+                needs_gradient = get_class(spec._target_).needs_gradient and "estimator" not in spec
+                found[str(name)] = (spec.norm, needs_gradient)
     return found
 
 
@@ -35,11 +37,21 @@ def _alternatives(norm: str, gradient_free: bool) -> str:
 
 
 def instantiate_attack(name: str, spec: DictConfig) -> Attack:
-    """The attack of a config; `max_queries` (any attack's key) is the harness's budget."""
+    """The attack of a config. The harness's keys, which any attack may have, are taken out:
+    `max_queries` (per-sample budget) and `estimator`, `ge_step`, `ge_samples`,
+    `skip_exact_gradients` (a _ge attack: gradients estimated from scores)."""
     settings = OmegaConf.to_container(spec)
     max_queries = settings.pop("max_queries", None)
+    kind = settings.pop("estimator", None)
+    skip_exact = settings.pop("skip_exact_gradients", True)
+    ge = {key: settings.pop(f"ge_{key}") for key in ("step", "samples") if f"ge_{key}" in settings}
     attack = instantiate(settings, name=name)
     attack.max_queries = max_queries
+    if kind is not None:
+        if not attack.needs_gradient:
+            raise ValueError(f"attack={name} takes no gradients: `estimator` does not apply.")
+        attack.estimator = GradientEstimator(kind, **ge)
+        attack.skip_exact_gradients = skip_exact
     return attack
 
 
@@ -48,9 +60,10 @@ def build_attacks(
 ) -> tuple[list[Attack], dict[str, str]]:
     """The attacks to run and the ones skipped (name -> reason).
 
-    An attack of another norm is an error. One that needs input gradients on a model without
-    them (`gradient: none`) is skipped with a recorded reason; if that leaves nothing to run,
-    it is an error that names the model, the attacks and what to use instead.
+    An attack of another norm is an error. One that cannot run on the model (`unsupported`:
+    autograd gradients on a `gradient: none` model, Latent Descent on a non-ABS model) is
+    skipped with a recorded reason; if that leaves nothing to run, it is an error that names
+    the model, the attacks, why, and what to use instead.
     """
     names = [str(name) for name in (attack_cfg or {})]
     if not names:
@@ -69,16 +82,13 @@ def build_attacks(
                 f"{_alternatives(norm, gradient_free=False)}."
             )
     attacks = [instantiate_attack(name, attack_cfg[name]) for name in names]
-    skipped = {
-        a.name: f"model={defense.name} has no input gradient (gradient: none)"
-        for a in attacks
-        if a.needs_gradient and defense.gradient == "none"
-    }
+    skipped = {a.name: a.unsupported(defense) for a in attacks if a.unsupported(defense)}
     usable = [a for a in attacks if a.name not in skipped]
     if not usable:
+        reasons = "; ".join(f"{name}: {reason}" for name, reason in skipped.items())
         raise ValueError(
-            f"model={defense.name} has no input gradient (gradient: none), and attack="
-            f"{','.join(names)} needs one. Attacks of norm={norm} that need no gradient: "
+            f"No attack of attack={','.join(names)} can run on model={defense.name} ({reasons}). "
+            f"Attacks of norm={norm} that need no autograd gradient: "
             f"{_alternatives(norm, gradient_free=True)}."
         )
     for name, reason in skipped.items():

@@ -1,27 +1,29 @@
-"""The paper's vanilla CNN and binary CNN."""
+"""The paper's vanilla CNN, binary CNN and the transfer substitute CNN."""
 
 from __future__ import annotations
 
 import torch
 
 from abslab.models.base import Defense, GradientMode
-from abslab.models.nets import binarize, vanilla_cnn
+from abslab.models.nets import CNN_ARCHITECTURES, binarize
 from abslab.models.pretrained import load_reference_cnn
 
 
 class CNNDefense(Defense):
-    """Vanilla CNN (abs_spec 3.1); with `binarize_input` the binary CNN (3.2).
+    """Vanilla CNN (abs_spec 3.1); with `binarize_input` the binary CNN (3.2);
+    `architecture: transfer` the smaller substitute of the transfer attacks (3.5).
 
     The binary CNN thresholds its input at 0.5 before the CNN; its input gradient is
     straight-through. `pretrained` loads the authors' weights: a directory means their
-    `vanilla_cnn.net`, which is also what their binary CNN uses (their `binary_cnn.net`
-    is never loaded by their code; pass its file path to use it).
+    `<architecture>_cnn.net`, so the binary CNN uses `vanilla_cnn.net` as their code does
+    (their `binary_cnn.net` is never loaded by it; pass its file path to use it).
     """
 
     def __init__(
         self,
         name: str = "cnn",
         binarize_input: bool = False,
+        architecture: str = "vanilla",
         pretrained: str | None = None,
         lr: float = 1e-3,
         weight_decay: float = 0.0,
@@ -32,9 +34,13 @@ class CNNDefense(Defense):
         super().__init__(name, logit_scale, confidence_level, lr, weight_decay, scheduler)
         self.save_hyperparameters(logger=False)
         self.binarize_input = binarize_input
-        self.net = vanilla_cnn()
+        if architecture not in CNN_ARCHITECTURES:
+            choices = ", ".join(CNN_ARCHITECTURES)
+            raise ValueError(f"model.architecture={architecture!r}: choose one of {choices}.")
+        self.net = CNN_ARCHITECTURES[architecture]()
         if pretrained is not None:
-            self.pretrained = str(load_reference_cnn(self.net, pretrained, "vanilla_cnn.net"))
+            file = f"{architecture}_cnn.net"
+            self.pretrained = str(load_reference_cnn(self.net, pretrained, file))
 
     @property
     def gradient(self) -> GradientMode:
