@@ -14,7 +14,7 @@ from abslab.attacks.harness import run_attack
 from abslab.attacks.latent_descent import LatentDescentAttack, binary_projection
 from abslab.attacks.queries import QueryModel
 from abslab.attacks.suite import build_attacks, instantiate_attack
-from abslab.models.abs import PUBLISHED_CLASS_SCALARS, ABSDefense
+from abslab.models.abs import PUBLISHED_CLASS_SCALARS, ABSDefense, Inference
 from abslab.models.cnn import CNNDefense
 from conftest import CONF, REFERENCE_MODELS
 
@@ -96,6 +96,22 @@ def test_each_sample_is_attacked_independently_of_the_batch(abs_model, digits):
     permuted, permuted_queries = attacked(abs_model, x[order], y[order], fine=3)
     torch.testing.assert_close(permuted, adversarial[order], rtol=0, atol=1e-6)
     assert torch.equal(permuted_queries, queries[order])
+
+
+def test_the_target_is_the_highest_logit_other_class_where_the_softmax_saturates(abs_model):
+    """Test image 1 (label 2) under the published ABS: the calibrated probabilities of all
+    other classes are one float32 number, so an argmax over them picks by index (class 0)."""
+    logits = torch.tensor(
+        [[-0.08571, -0.07988, -0.01400, -0.06240, -0.08362, -0.07918, -0.06208, -0.08092, -0.06373,
+          -0.11334]]
+    )  # fmt: skip
+    y = torch.tensor([2])
+    others = abs_model.calibrated_softmax(logits)[0, torch.arange(10) != 2]
+    assert (others == others[0]).all()
+    reconstructions = torch.arange(10.0).reshape(1, 10, 1, 1).expand(1, 10, 28, 28) / 10
+    out = Inference(logits, torch.zeros(1, 10, 8), reconstructions)
+    target = LatentDescentAttack._next_target(abs_model, out, y, torch.zeros(1, 1, 28, 28))
+    assert torch.equal(target, torch.full((1, 1, 28, 28), 0.6))  # class 6's reconstruction
 
 
 def authors_binary_projection(rec: torch.Tensor, orig: torch.Tensor) -> torch.Tensor:

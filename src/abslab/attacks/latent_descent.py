@@ -32,12 +32,12 @@ class LatentDescentAttack(Attack):
 
     Coarse phase: for s in linspace(0, 1, n_coarse_steps), query x_s = (1 - s) x + s R, where
     R is the reconstruction G_c(z*_c) of the most probable class c other than the label
-    (calibrated softmax), found by inference at the previous point (R = 0 before the first
-    step, as theirs; binary ABS: R <- binary_projection(R, previous point)). A sample stops at
-    its first misclassified point, at coarse step k. Their code records that fraction at index
-    i of the step (`coarse_steps[i]`) instead of index j of the sample, so with a batch their
-    fine search starts from another sample's fraction (and from 0 for most); here it is kept
-    per sample.
+    (highest logit: see `_next_target`), found by inference at the previous point (R = 0
+    before the first step, as theirs; binary ABS: R <- binary_projection(R, previous point)).
+    A sample stops at its first misclassified point, at coarse step k. Their code records that
+    fraction at index i of the step (`coarse_steps[i]`) instead of index j of the sample, so
+    with a batch their fine search starts from another sample's fraction (and from 0 for
+    most); here it is kept per sample.
 
     Fine phase: `n_fine_steps` bisections of s in (s_{k-1}, s_k] on the line x -> R_k that the
     coarse adversarial lies on (R_k: the R it was made with), i.e. on the segment from x to the
@@ -109,11 +109,16 @@ class LatentDescentAttack(Attack):
         defense: Defense, out: Inference, y: torch.Tensor, points: torch.Tensor
     ) -> torch.Tensor:
         """The reconstruction (R, 1, 28, 28) of each point's most probable class other than y
-        (R,), from inference `out` at points (R, 1, 28, 28); binary ABS: projected."""
-        probabilities = defense.calibrated_softmax(out.logits)
-        probabilities[torch.arange(len(y)), y] = float("-inf")
-        other = probabilities.argmax(1)
-        target = out.reconstructions[torch.arange(len(y)), other].unsqueeze(1)
+        (R,), from inference `out` at points (R, 1, 28, 28); binary ABS: projected.
+
+        The authors rank classes by the calibrated softmax, which orders them as the logits do;
+        but in float32 it saturates (every other class at eta / Z once one class dominates, as
+        on most clean digits), and their argmax breaks those exact ties by index. The logits
+        give the same order without ties.
+        """
+        logits = out.logits.clone()
+        logits[torch.arange(len(y)), y] = float("-inf")
+        target = out.reconstructions[torch.arange(len(y)), logits.argmax(1)].unsqueeze(1)
         if getattr(defense, "binarize_input", False):
             target = binary_projection(target, points)
         return target.to(points.dtype)
