@@ -11,6 +11,8 @@ import pytorch_lightning as pl
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
+from abslab.attacks.base import Attack
+
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
 MNIST_ROOT = REPO.parent / "shared" / "data" / "mnist"
@@ -67,18 +69,10 @@ class CrashAtStep(pl.Callback):
             raise RuntimeError(f"simulated crash at step {trainer.global_step}")
 
 
-class RaisingAttack:
+class RaisingAttack(Attack):
     """An attack that always fails, as a third-party attack might: for fault-tolerance tests."""
 
-    needs_gradient = False
     source = "test"
-    max_queries = None
-
-    def __init__(self, name: str, norm: str) -> None:
-        self.name, self.norm = name, norm
 
     def run(self, model, x, y):
         raise RuntimeError("this attack always fails")
-
-    def budget(self) -> dict[str, Any]:
-        return {}
