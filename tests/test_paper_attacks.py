@@ -258,3 +258,20 @@ def test_substitute_mistakes_are_named(tmp_path):
         load_substitute("cnn", str(TRANSFER_NET))
     with pytest.raises(WeightsError, match="substitute_model=nearest_neighbor loads no published"):
         load_substitute("nearest_neighbor", str(TRANSFER_NET))
+
+
+def test_a_ge_attack_reports_its_estimator_under_its_config_keys():
+    spec = OmegaConf.load(CONF / "attack" / "bim_ge.yaml")["bim_ge"]
+    attack = instantiate_attack("bim_ge", OmegaConf.merge(spec, {"estimator": "antithetic"}))
+    budget = attack.budget()
+    assert (budget["estimator"], budget["ge_step"], budget["ge_samples"]) == (
+        "antithetic",
+        0.1,
+        100,
+    )
+    assert (
+        "estimator"
+        not in instantiate_attack(
+            "bim", OmegaConf.load(CONF / "attack" / "bim.yaml")["bim"]
+        ).budget()
+    )

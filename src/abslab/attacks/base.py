@@ -75,8 +75,14 @@ class Attack:
         """The attack's settings, for results files."""
         hidden = ("name", "max_queries", "estimator", "skip_exact_gradients")
         settings = {k: v for k, v in vars(self).items() if k[0] != "_" and k not in hidden}
-        estimator = vars(self.estimator) if self.estimator is not None else None
-        return {"max_queries": self.max_queries, **settings, "estimator": estimator}
+        return {"max_queries": self.max_queries, **settings, **self._estimator_keys()}
+
+    def _estimator_keys(self) -> dict[str, Any]:
+        """The estimator under its config keys, so results compare it with conf/attack."""
+        if self.estimator is None:
+            return {}
+        kind, step, samples = self.estimator.kind, self.estimator.step, self.estimator.samples
+        return {"estimator": kind, "ge_step": step, "ge_samples": samples}
 
 
 class EpsilonSearchAttack(Attack):
