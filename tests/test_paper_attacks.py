@@ -33,9 +33,8 @@ def vanilla_cnn():
     return CNNDefense(pretrained=str(REFERENCE_MODELS / "cnn")).eval()
 
 
-def _images(mnist_arrays, n: int, offset: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    x = mnist_arrays["test_images"][offset : offset + n]
-    y = mnist_arrays["test_labels"][offset : offset + n]
+def _images(mnist_arrays, n: int, split: str = "test") -> tuple[torch.Tensor, torch.Tensor]:
+    x, y = mnist_arrays[f"{split}_images"][:n], mnist_arrays[f"{split}_labels"][:n]
     return torch.from_numpy(x).float().div(255).unsqueeze(1), torch.from_numpy(y.astype(np.int64))
 
 
@@ -99,11 +98,7 @@ def tiny_cnn(mnist_arrays):
         nn.Flatten(),
         nn.Linear(200, 10),
     )
-    train = {
-        "test_images": mnist_arrays["train_images"],
-        "test_labels": mnist_arrays["train_labels"],
-    }
-    x, y = _images(train, 8_000)
+    x, y = _images(mnist_arrays, 8_000, split="train")
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-2)
     for batch in torch.randperm(len(x)).split(64):
         optimizer.zero_grad()

@@ -75,8 +75,7 @@ class QueryModel(nn.Module):
     def forward(self, inputs: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
         """inputs (R, 1, 28, 28) for samples `rows` (R,) -> logits (R, 10)."""
         if inputs.requires_grad and self.estimator is not None:
-            rows = self._active if rows is None else rows.to(self.x.device)
-            return EstimatedLogits.apply(inputs, self, rows)
+            return EstimatedLogits.apply(inputs, self, self._rows(rows))
         rows = self._admit(inputs, rows)
         logits = self.defense(inputs)
         self._remember(inputs.detach(), logits.detach(), rows)
@@ -108,9 +107,13 @@ class QueryModel(nn.Module):
         self._remember(inputs.detach(), out.logits.detach(), rows)
         return out
 
+    def _rows(self, rows: torch.Tensor | None) -> torch.Tensor:
+        """The samples a call is about: `rows`, or those selected with `only` (all by default)."""
+        return self._active if rows is None else rows.to(self.x.device)
+
     def _admit(self, inputs: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
         """The rows a call is about, after checking the gradient policy and the budget."""
-        rows = self._active if rows is None else rows.to(self.x.device)
+        rows = self._rows(rows)
         if len(inputs) != len(rows):
             raise ValueError(f"{len(inputs)} inputs for {len(rows)} samples: pass rows=.")
         if inputs.requires_grad and self.defense.gradient == "none":

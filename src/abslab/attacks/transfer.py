@@ -92,6 +92,7 @@ class TransferAttack(EpsilonSearchAttack):
         self.substitute_model = substitute_model
         self.substitute_weights = substitute_weights
         self.substitute_attacks = list(substitute_attacks)
+        self._attacks = [self._attack(attack) for attack in self.substitute_attacks]
         self._substitute: Defense | None = None
 
     def run(self, model: QueryModel, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -100,16 +101,16 @@ class TransferAttack(EpsilonSearchAttack):
         substitute = self._substitute.to(x.device)
         with torch.no_grad():
             substitute_pred = substitute(x).argmax(1)
-        for name in self.substitute_attacks:
+        for attack in self._attacks:
             seed = int(torch.randint(2**31 - 1, ()))
-            made = run_attack(self._attack(name), substitute, x, y, substitute_pred, seed)
+            made = run_attack(attack, substitute, x, y, substitute_pred, seed)
             delta = made.adversarial - x
             size = distance(made.adversarial, x, self.norm)
             rows = ((size > 0) & torch.isfinite(made.distance)).nonzero().flatten()
             if len(rows) == 0:
-                log.info("transfer: %s found nothing on the substitute", name)
+                log.info("transfer: %s found nothing on the substitute", attack.name)
                 continue
-            direction = delta[rows] / _norm(delta[rows], self.norm).reshape(-1, 1, 1, 1)
+            direction = delta[rows] / size[rows].reshape(-1, 1, 1, 1)
             candidate = along(x[rows], direction)
             self.epsilon_search(_LocalRows(model, rows), candidate, y[rows], size[rows])
         return model.best.clone()
@@ -125,11 +126,6 @@ class TransferAttack(EpsilonSearchAttack):
                 "own gradients."
             )
         return attack
-
-
-def _norm(v: torch.Tensor, norm: str) -> torch.Tensor:
-    flat = v.flatten(1)
-    return flat.abs().amax(1) if norm == "linf" else flat.norm(dim=1)
 
 
 class _LocalRows:
