@@ -6,7 +6,7 @@ import pytest
 from hydra.errors import MissingConfigException
 from hydra.utils import instantiate
 
-from abslab.models.base import GRADIENT_MODES
+from abslab.models.base import GRADIENT_MODES, build_defense
 from conftest import CONF, MNIST_ROOT, compose_config
 
 GROUP_OPTIONS = sorted(
@@ -29,7 +29,7 @@ def test_config_composes_and_instantiates(group, option, tmp_path):
     override = f"{group}={option}" if group != "hydra" else "hydra=default"
     cfg = compose_config(primary, [override, f"data.root={MNIST_ROOT}"], tmp_path)
     datamodule = instantiate(cfg.data)
-    model = instantiate(cfg.model)
+    model = build_defense(cfg.model)
     assert model.name == cfg.model.name
     assert model.gradient in GRADIENT_MODES
     if "ddp" not in str(cfg.trainer.get("strategy")) and cfg.trainer.accelerator != "gpu":

@@ -57,9 +57,17 @@ def test_evaluate_a_trained_checkpoint_and_reject_a_mismatched_one(tmp_path):
         ),
         tmp_path / "eval",
     )
-    assert (
-        summary["n_samples"] == 20 and 0 <= summary["attacks"]["pgd"]["accuracy_at_threshold"] <= 1
+    with (tmp_path / "eval" / "per_sample.csv").open() as f:
+        rows = [r for r in csv.DictReader(f) if r["attack"] == "pgd"]
+    # robust = correct and not broken within the threshold (0.3), recounted from the rows
+    robust = sum(
+        r["label"] == r["clean_pred"]
+        and not (r["success"] == "1" and float(r["distance"]) <= 0.3 * (1 + 1e-5))
+        for r in rows
     )
+    assert summary["n_samples"] == len(rows) == 20
+    assert summary["attacks"]["pgd"]["accuracy_at_threshold"] == pytest.approx(robust / 20)
+    assert summary["attacks"]["pgd"]["accuracy_at_threshold"] <= summary["clean_accuracy"]
     with pytest.raises(WeightsError, match="trained as model=madry.*model=cnn"):
         run_evaluate(tiny_overrides("model=cnn", f"ckpt={ckpt}"), tmp_path / "wrong")
 

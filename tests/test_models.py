@@ -26,23 +26,6 @@ def test_one_batch_on_the_gpu(tmp_path):
     assert summary["steps"] == 1 and "CUDA" in summary["hardware"]
 
 
-@pytest.mark.parametrize(
-    ("model", "extra"),
-    [
-        ("cnn", []),
-        ("binary_cnn", []),
-        ("nearest_neighbor", []),
-        ("madry", ["model.train_steps=2"]),
-    ],
-)
-def test_one_batch_of_training_per_model(model, extra, tmp_path):
-    summary = run_train(tiny_overrides(f"model={model}", "debug=fast", *extra), tmp_path)
-    assert summary["model"] == model
-    assert 0.0 <= summary["test_acc"] <= 1.0
-    if model != "nearest_neighbor":
-        assert summary["steps"] == 1
-
-
 def _authors_cnn_forward(state: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
     """The authors' CNN written out from their raw keys: conv, BN (eval), ELU; no padding."""
     strides = [1, 2, 2, 1]

@@ -8,7 +8,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from abslab.attacks.base import EpsilonSearchAttack, along
@@ -16,7 +15,7 @@ from abslab.attacks.distances import distance
 from abslab.attacks.harness import run_attack
 from abslab.attacks.queries import QueryModel
 from abslab.attacks.suite import ATTACK_CONFIGS, instantiate_attack
-from abslab.models.base import Defense
+from abslab.models.base import Defense, build_defense
 from abslab.models.checkpoints import load_checkpoint_weights
 from abslab.models.pretrained import WeightsError
 
@@ -37,10 +36,10 @@ def load_substitute(model: str, weights: str) -> Defense:
             f"model={model}."
         )
     if weights_path.suffix == ".ckpt":
-        substitute = instantiate(spec)
+        substitute = build_defense(spec)
         load_checkpoint_weights(substitute, weights_path)
     elif "pretrained" in spec:
-        substitute = instantiate(spec, pretrained=str(weights_path))
+        substitute = build_defense(spec, pretrained=str(weights_path))
     else:
         raise WeightsError(
             f"substitute_model={model} loads no published weights: give substitute_weights=<a "

@@ -7,6 +7,8 @@ from typing import Any, Literal
 
 import pytorch_lightning as pl
 import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
 from torch.nn import functional as F
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
@@ -16,6 +18,15 @@ GRADIENT_MODES: tuple[GradientMode, ...] = ("exact", "straight_through", "envelo
 SCHEDULERS = ("none", "onecycle")
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # x (B,1,28,28), y (B,), index (B,)
+
+
+def build_defense(spec: DictConfig, **overrides: Any) -> Defense:
+    """The defense of a `model` config, every argument a plain Python value.
+
+    Hydra passes lists and dicts as ListConfig/DictConfig by default; saved as hyperparameters
+    they make a checkpoint that `torch.load(weights_only=True)` refuses.
+    """
+    return instantiate(spec, _convert_="all", **overrides)
 
 
 class Defense(pl.LightningModule):

@@ -17,7 +17,7 @@ from pytorch_lightning.loggers import Logger, WandbLogger
 
 from abslab.attacks.suite import build_attacks
 from abslab.callbacks.attack_evaluation import AttackEvaluation
-from abslab.models.base import Defense
+from abslab.models.base import Defense, build_defense
 from abslab.models.checkpoints import load_checkpoint_weights
 from abslab.models.pretrained import WeightsError
 from abslab.results.attack_summary import (
@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 
 def load_defense(cfg: DictConfig) -> Defense:
     """The model of `cfg.model` with weights from `cfg.ckpt` or `model.pretrained`."""
-    model = instantiate(cfg.model)
+    model = build_defense(cfg.model)
     if cfg.ckpt is not None:
         load_checkpoint_weights(model, cfg.ckpt)
     elif model.needs_training and model.pretrained is None:

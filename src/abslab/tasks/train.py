@@ -12,6 +12,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from abslab.models.base import build_defense
 from abslab.utils.loggers import log_summary
 from abslab.utils.run_io import git_commit, provenance, write_summary
 from abslab.utils.seeding import seed_if_given
@@ -30,7 +31,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         )
     output_dir = Path(cfg.output_dir)
     datamodule = instantiate(cfg.data)
-    model = instantiate(cfg.model)
+    model = build_defense(cfg.model)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
     start = time.time()
     commit = git_commit()  # at the start: the code that runs, whatever HEAD is later
