@@ -1,14 +1,18 @@
-"""ABS inference speed: abslab's batched inference against the authors' structure, one run.
+"""ABS inference speed: abslab against the authors' own code and a reference, in one run.
 
-python -m bench.abs_inference --root ../shared/data/mnist --device cpu
-python -m bench.abs_inference --root ../shared/data/mnist --device cuda --batch-sizes 1 10 100 1000
+python -m bench.abs_inference --authors-code DIR --device cpu
+python -m bench.abs_inference --authors-code DIR --device cuda --batch-sizes 1 10 100 1000
 
-Every variant classifies the same first test images with the published weights and bank.
+DIR is a clone of bethgelab/AnalysisBySynthesis (bench/authors_code.py loads it; without it the
+authors' rows are skipped, and said so). Every variant classifies the same first test images
+with the published weights and bank: the authors' `get_VAE()` as they publish it, the reference
+(bench/abs_reference.py, their structure re-typed) and abslab's inference with their clip.
 Reported per batch size: images/s, latency of one batch (median over repeats), peak memory
-(above what was in use before it: CPU resident set, GPU allocated memory),
-the speed-up against the baseline (the reference with denormals flushed on CPU, the reference
-on GPU) and the agreement of predictions with it. Writes its section of results/abs_inference.md
-(one section per device, so CPU and GPU runs sit side by side) with hardware and commit.
+(above what was in use before it: CPU resident set, GPU allocated memory), the speed-up against
+the authors' code (on CPU the faster of its two rows, as published and with denormals flushed,
+at each batch) and against the reference, and the agreement with that baseline: predictions,
+and the largest logit difference.
+Writes its section of results/abs_inference.md (one per device) with hardware and commit.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from abslab.data.mnist import MNISTDataModule
 from abslab.models.abs import ABSDefense
 from abslab.utils.run_io import command_line, git_commit, hardware
 from bench.abs_reference import ReferenceABS, load_reference_vaes
+from bench.authors_code import authors_modules, missing_reason, revision
 
 DEFAULT_THREADS = torch.get_num_threads()
 
@@ -47,7 +52,7 @@ class Measurement:
     batch: int
     seconds: list[float]
     peak_bytes: int
-    predictions: torch.Tensor
+    logits: torch.Tensor  # (B, 10) on the CPU
 
 
 def process_memory(field: str) -> int:
@@ -72,6 +77,7 @@ def peak_memory(device: torch.device) -> int:
 
 
 def measure(variant: Variant, x: torch.Tensor, repeats: int, warmup: bool) -> Measurement:
+    """`repeats` timed calls on x; `warmup`: one untimed call on one image first (caches)."""
     torch.set_flush_denormal(variant.flush_denormals)
     torch.set_num_threads(variant.threads or DEFAULT_THREADS)
     torch.backends.cuda.matmul.allow_tf32 = variant.tf32
@@ -80,7 +86,7 @@ def measure(variant: Variant, x: torch.Tensor, repeats: int, warmup: bool) -> Me
     sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
     with torch.no_grad():
         if warmup:
-            variant.classify(x)
+            variant.classify(x[:1])
         in_use = reset_peak_memory(x.device)
         seconds = []
         for _ in range(repeats):
@@ -90,57 +96,95 @@ def measure(variant: Variant, x: torch.Tensor, repeats: int, warmup: bool) -> Me
             sync()
             seconds.append(time.perf_counter() - start)
     extra = peak_memory(x.device) - in_use
-    return Measurement(variant.name, len(x), seconds, extra, logits.argmax(1).cpu())
+    return Measurement(variant.name, len(x), seconds, extra, logits.float().cpu())
+
+
+AUTHORS = "authors' code"  # CPU: the faster of the two rows below, per batch
+AUTHORS_ROWS = ("authors' code, as published", "authors' code, denormals flushed")
+REFERENCE = "reference (authors' structure), denormals flushed"
 
 
 def variants(args: argparse.Namespace, device: torch.device) -> list[Variant]:
-    """The reference as published and with denormals flushed (CPU), and abslab's inference."""
+    """The authors' code (when given), the reference, and abslab's inference."""
     ours = ABSDefense(pretrained=args.weights, clip_mode="authors").to(device).eval()
     ours._inference_parts()  # decode the bank once, outside the timings
     reference = ReferenceABS(
         [vae.to(device) for vae in load_reference_vaes(args.weights)], ours.bank_latents
     )
+    theirs = []
+    reason = missing_reason(args.authors_code)
+    if reason is None:
+        models, _ = authors_modules(args.authors_code)
+        authors = models.get_VAE(n_iter=50)  # their weights from the clone; their bank
+        if device.type == "cpu":
+            theirs = [
+                Variant(AUTHORS_ROWS[0], authors, False),
+                Variant(AUTHORS_ROWS[1], authors, True),
+            ]
+        else:
+            theirs = [Variant(AUTHORS, authors, False)]
+    else:
+        print(f"Skipping the authors' code: {reason}.", flush=True)
     if device.type == "cpu":
         return [
-            Variant("reference (authors' structure), as published", reference, False),
-            Variant("reference, denormals flushed", reference, True),
+            *theirs,
+            Variant(REFERENCE, reference, True),
             Variant("abslab", ours, True),
             Variant("abslab, 1 thread", ours, True, threads=1),
         ]
     graphed = ABSDefense(pretrained=args.weights, clip_mode="authors", cuda_graphs=True)
     graphed = graphed.to(device).eval()
     return [
-        Variant("reference (authors' structure), fp32", reference, False),
+        *theirs,
+        Variant(REFERENCE, reference, False),
         Variant("abslab, fp32", ours, False),
         Variant("abslab, fp32, CUDA graphs, cudnn.benchmark", graphed, False, cudnn_benchmark=True),
         Variant("abslab, TF32, CUDA graphs, cudnn.benchmark", graphed, False, True, True),
     ]
 
 
-def markdown(
-    args: argparse.Namespace, results: list[Measurement], baseline: str, device: torch.device
-) -> str:
+def baseline_of(by_key: dict[tuple[str, int], Measurement], batch: int) -> Measurement:
+    """The authors' code at this batch (the faster of its rows), else the reference."""
+    theirs = [by_key[(name, batch)] for name in (AUTHORS, *AUTHORS_ROWS) if (name, batch) in by_key]
+    if not theirs:
+        return by_key[(REFERENCE, batch)]
+    return min(theirs, key=lambda m: statistics.median(m.seconds))
+
+
+def markdown(args: argparse.Namespace, results: list[Measurement], device: torch.device) -> str:
     by_key = {(m.variant, m.batch): m for m in results}
+    reason = missing_reason(args.authors_code)
+    baseline = (
+        f"**the authors' code** (`{args.authors_code}`, AnalysisBySynthesis "
+        f"{revision(args.authors_code)}, `get_VAE()` unchanged; on CPU the faster of its two "
+        "rows at each batch)"
+        if reason is None
+        else f"**the reference** (no authors' code: {reason})"
+    )
     lines = [
         f"## {device.type.upper()}: {hardware()}",
         "",
         f"Command: `{command_line()}`; commit {git_commit()}; published weights and bank; the "
-        f"first test images; median of {args.repeats} repeats (fewer where marked). Speed-up and "
-        f"agreement are against **{baseline}** on the same batch.",
+        f"first test images; median of {args.repeats} repeats (fewer where marked). Baseline: "
+        f"{baseline}. Agreement (predictions, largest logit difference) is against the "
+        "baseline on the same batch.",
         "",
-        "| batch | variant | images/s | latency (s/batch) | peak extra memory (MiB) | speed-up | "
-        "agreement |",
-        "|---|---|---|---|---|---|---|",
+        "| batch | variant | images/s | latency (s/batch) | peak extra memory (MiB) | "
+        "speed-up vs authors' code | speed-up vs reference | agreement | max logit diff |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for m in results:
-        base = by_key[(baseline, m.batch)]
+        base = baseline_of(by_key, m.batch)
         latency = statistics.median(m.seconds)
-        speedup = statistics.median(base.seconds) / latency
-        agree = (m.predictions == base.predictions).float().mean().item()
+        speedup = f"{statistics.median(base.seconds) / latency:.1f}x" if reason is None else "-"
+        versus_reference = statistics.median(by_key[(REFERENCE, m.batch)].seconds) / latency
+        agree = (m.logits.argmax(1) == base.logits.argmax(1)).float().mean().item()
+        diff = (m.logits - base.logits).abs().max().item()
         runs = "" if len(m.seconds) == args.repeats else f" ({len(m.seconds)} run)"
         lines.append(
             f"| {m.batch} | {m.variant}{runs} | {m.batch / latency:.2f} | {latency:.4f} | "
-            f"{m.peak_bytes / 2**20:.0f} | {speedup:.1f}x | {agree:.3f} |"
+            f"{m.peak_bytes / 2**20:.0f} | {speedup} | {versus_reference:.1f}x | "
+            f"{agree:.3f} | {diff:.1e} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -164,8 +208,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--root", default="data")
     parser.add_argument("--weights", default="../shared/data/reference_models/abs")
+    parser.add_argument(
+        "--authors-code", default=None, help="a clone of bethgelab/AnalysisBySynthesis"
+    )
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 10, 100])
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 100, 1000])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument(
         "--slow-seconds",
@@ -181,12 +228,11 @@ def main() -> None:
     data.setup("test")
     images = data.test_set.tensors[0].to(device)
     candidates = variants(args, device)
-    baseline = candidates[1].name if device.type == "cpu" else candidates[0].name
     results = []
     for batch in args.batch_sizes:
         for variant in candidates:
             x = images[:batch]
-            first = measure(variant, x, 1, warmup=variant.name.startswith("abslab"))
+            first = measure(variant, x, 1, warmup=True)
             if first.seconds[0] < args.slow_seconds and args.repeats > 1:
                 rest = measure(variant, x, args.repeats - 1, warmup=False)
                 first.seconds += rest.seconds
@@ -197,7 +243,7 @@ def main() -> None:
                 flush=True,
             )
     torch.set_num_threads(DEFAULT_THREADS)  # the hardware line reports the default
-    text = markdown(args, results, baseline, device)
+    text = markdown(args, results, device)
     write_section(Path(args.out), device.type, text)
     print(text)
 

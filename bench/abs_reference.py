@@ -1,10 +1,13 @@
 """A faithful reference of the authors' ABS inference, kept to measure abslab's against.
 
 Structure as in their `abs_models` (inference.py, loss_functions.py, utils.py): ten separate
-VAE modules, the bank searched with broadcast squared distances, then `n_iter` passes of a
-Python loop over the ten classes with one small decoder call each, torch.optim.Adam on the
-latents, and their sign-dropping `clip_to_sphere` (or the correct projection, to compare).
-It is deliberately slow: it is the baseline of bench/abs_inference.py and of the tests.
+VAE modules, the bank searched per class with one matrix product (their `ELBOs2`), then
+`n_iter` passes of a Python loop over the ten classes with one small decoder call each,
+torch.optim.Adam on the latents (weight gradients computed too, as theirs do), and their
+sign-dropping `clip_to_sphere` (or the correct projection, to compare). It is what the tests
+compare abslab's inference with; bench/abs_inference.py times it beside the authors' own code.
+(Until commit 8734a88 its bank search broadcast (x - G)^2 over all 8,000 images, which made it
+several times slower than the code it mirrors; see results/abs_inference.md.)
 """
 
 from __future__ import annotations
@@ -104,20 +107,19 @@ class ReferenceABS:
             )  # (10, S, 1, 28, 28)
 
     def best_latents(self, x: torch.Tensor) -> torch.Tensor:
-        """Their sample selection: all ELBOs by broadcasting, 8 images at a time."""
+        """Their sample selection (inference.py with loss_functions.ELBOs2): per class, all
+        squared distances as ||x||^2 + ||G||^2 - 2 x.G (one matrix product), for the whole batch."""
         n = len(self.bank)
+        flat = x.reshape(len(x), -1)
+        kl = 0.5 * (self.bank**2).sum(1) / 784  # their KLD with sig_q = 1, per latent
         values = []
         with torch.no_grad():
-            for part in x.split(8):
-                values.append(
-                    elbos(
-                        self.bank_images.view(1, 10, n, 1, 28, 28),
-                        self.bank.view(1, 1, n, 8, 1, 1),
-                        part.view(len(part), 1, 1, 1, 28, 28),
-                        self.beta,
-                    )
-                )
-        index = torch.cat(values).view(len(x), 10, n).argmin(2)
+            for images in self.bank_images:  # (S, 1, 28, 28): one class
+                y = images.reshape(n, -1)
+                x2 = torch.norm(flat, p=2, dim=-1, keepdim=True).pow(2)
+                y2 = torch.norm(y, p=2, dim=-1, keepdim=True).pow(2)
+                values.append((x2 + y2.t() - 2 * torch.mm(flat, y.t())) / 784 + self.beta * kl)
+        index = torch.stack(values, dim=1).argmin(2)
         return self.bank[index].view(len(x), 10, 8, 1, 1)
 
     def gd_inference(self, z0: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -144,10 +146,10 @@ class ReferenceABS:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.binary:
             x = (x >= 0.5).to(x.dtype)
-        results = []
-        for part in x.split(500):  # their auto_batch(500)
-            results.append(self.gd_inference(self.best_latents(part), part))
-        values = torch.cat(results)
+        latents = self.best_latents(x)  # the whole batch, as theirs
+        values = torch.cat(  # their auto_batch(1000) around the latent optimisation
+            [self.gd_inference(z, part) for z, part in zip(latents.split(1000), x.split(1000))]
+        )
         if self.scalars is not None:
             values = values * self.scalars
         return -values

@@ -10,8 +10,7 @@ re-predicted here as the harness does (clipped to [0, 1], predicted by abslab's 
 taken from their stored distance. abslab's ABS uses the published weights and bank with the
 authors' sign-dropping clip (`clip_mode=authors`), so both attacks face the same function.
 
-Their code imports torchvision, which is not installed here: empty stand-in modules are put in
-sys.modules while their modules import (they use it only to download MNIST) and removed after.
+Their code is loaded from the clone by bench/authors_code.py (torchvision stubbed while it imports).
 Each run's coarse phase is deterministic, so the run with the fine phase replays the coarse
 queries of the coarse-only run from a cache of model outputs; its time is reported as the
 coarse-only run's plus its own. Writes a markdown section to --out and per-sample rows to the
@@ -25,7 +24,6 @@ import csv
 import hashlib
 import sys
 import time
-import types
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -39,24 +37,9 @@ from abslab.attacks.latent_descent import LatentDescentAttack
 from abslab.data.mnist import MNISTDataModule
 from abslab.models.abs import ABSDefense
 from abslab.utils.run_io import command_line, git_commit, hardware
+from bench.authors_code import authors_modules
 
 THRESHOLD = 1.5
-STUBS = ("torchvision", "torchvision.datasets", "torchvision.transforms")
-
-
-def authors_modules(code: Path) -> tuple[Any, Any]:
-    """Their `models` and `attack_utils`, imported from `code` with torchvision stubbed out."""
-    for name in STUBS:
-        sys.modules[name] = types.ModuleType(name)
-    sys.modules["torchvision"].datasets = sys.modules["torchvision.datasets"]
-    sys.modules["torchvision"].transforms = sys.modules["torchvision.transforms"]
-    sys.path.insert(0, str(code))
-    try:
-        from abs_models import attack_utils, models
-    finally:
-        for name in STUBS:  # torchmetrics and others must not mistake the stub for torchvision
-            del sys.modules[name]
-    return models, attack_utils
 
 
 class Replay:

@@ -6,10 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from torch.nn import functional as F
 
 from abslab.data.sampling import ClassBalancedSampler
 from abslab.models.abs import PUBLISHED_CLASS_SCALARS, ABSDefense
-from abslab.models.abs_inference import clip_to_ball, make_latent_bank
+from abslab.models.abs_inference import clip_to_ball, make_latent_bank, transposed_conv
 from abslab.models.pretrained import WeightsError, stack_reference_vaes
 from abslab.models.vae import pack_by_class, vae_loss_terms
 from abslab.tasks.fit_scalars import fit_class_scalars
@@ -227,3 +228,12 @@ def test_cuda_graph_replay_equals_plain_inference(digits):
 def test_binary_abs_config_uses_the_published_scalars(tmp_path):
     cfg = compose_config("evaluate", ["model=binary_abs"], tmp_path)
     assert tuple(cfg.model.class_scalars) == PUBLISHED_CLASS_SCALARS
+
+
+def test_transposed_conv_is_conv_transpose2d():
+    torch.manual_seed(0)
+    for c_in, c_out, k, stride, n in [(32, 16, 5, 2, 4), (16, 16, 5, 2, 11), (16, 1, 4, 1, 25)]:
+        h = torch.randn(3, 10 * c_in, n, n)
+        weight, bias = torch.randn(10 * c_in, c_out, k, k), torch.randn(10 * c_out)
+        expected = F.conv_transpose2d(h, weight, bias, stride=stride, groups=10)
+        torch.testing.assert_close(transposed_conv(h, weight, bias, stride), expected)

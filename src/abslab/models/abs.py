@@ -152,10 +152,10 @@ class ABSDefense(Defense):
         return self._graphs[settings]
 
     def default_chunk(self) -> int:
-        """Images per inference chunk when `inference_chunk` is null: on CPU, chunks of 32 keep
-        the activations in cache (about twice the throughput of whole batches of 100 on 2
-        cores); a GPU wants whole batches."""
-        return 32 if self.device.type == "cpu" else 1000
+        """Images per inference chunk when `inference_chunk` is null: on CPU, chunks of 16 keep
+        the activations in cache (whole batches of 100 run at about half the throughput on 2
+        cores; 8-16 measured best, results/abs_inference.md); a GPU wants whole batches."""
+        return 16 if self.device.type == "cpu" else 1000
 
     def infer(self, x: torch.Tensor, settings: InferenceSettings | None = None) -> Inference:
         """x (B, 1, 28, 28) in [0, 1] -> logits, optimised latents and reconstructions.
