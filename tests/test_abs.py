@@ -13,6 +13,7 @@ from abslab.models.abs import PUBLISHED_CLASS_SCALARS, ABSDefense
 from abslab.models.abs_inference import clip_to_ball, make_latent_bank, transposed_conv
 from abslab.models.pretrained import WeightsError, stack_reference_vaes
 from abslab.models.vae import pack_by_class, vae_loss_terms
+from abslab.results.abs_margins import error_matrix, figure, margins
 from abslab.tasks.fit_scalars import fit_class_scalars
 from bench.abs_reference import ReferenceABS, ReferenceVAE, load_reference_vaes
 from conftest import REFERENCE_MODELS, compose_config, run_evaluate, run_train, tiny_overrides
@@ -237,3 +238,24 @@ def test_transposed_conv_is_conv_transpose2d():
         weight, bias = torch.randn(10 * c_in, c_out, k, k), torch.randn(10 * c_out)
         expected = F.conv_transpose2d(h, weight, bias, stride=stride, groups=10)
         torch.testing.assert_close(transposed_conv(h, weight, bias, stride), expected)
+
+
+def test_margins_and_error_matrix_of_the_class_specificity_figure():
+    labels = np.array([0, 1, 1])
+    bounds = np.array([[1.0, 3.0, 2.0], [0.5, 1.0, 4.0], [2.0, 1.0, 1.5]])
+    bounds = np.pad(bounds, ((0, 0), (0, 7)), constant_values=9.0)
+    np.testing.assert_allclose(margins(bounds, labels), [1.0, -0.5, 0.5])
+    errors = np.arange(30, dtype=float).reshape(3, 10)
+    matrix = error_matrix(errors, np.array([0, 1, 1]))
+    np.testing.assert_allclose(matrix[1], (errors[1] + errors[2]) / 2)
+    assert np.isnan(matrix[2:]).all()  # no digits of those classes
+    assert figure({"a": (bounds, errors), "b": (bounds, errors)}, labels) is not None
+
+
+def test_the_speed_bench_says_why_it_skips_the_authors_code(tmp_path):
+    from bench.authors_code import authors_modules, missing_reason
+
+    assert missing_reason(None) == "no --authors-code given"
+    assert "no AnalysisBySynthesis clone" in missing_reason(tmp_path)
+    with pytest.raises(FileNotFoundError, match="no AnalysisBySynthesis clone"):
+        authors_modules(tmp_path)
