@@ -7,8 +7,8 @@ what decides its accuracy (and its robustness) is how well each class's decoder 
 digits and how badly it explains the others. For the first N test images this runs the full
 inference under both models (abslab's checkpoint and the published VAEs) and writes:
 - abs_margins.png: per model the mean reconstruction error ||x - G_c(z*_c)||^2/784 of VAE c on
-  digits of class y (a 10x10 matrix, own class on the diagonal), and the distribution of the
-  margin D_best other - D_true per image (negative: misclassified);
+  digits of class y (a 10x10 matrix, own class on the diagonal), abslab's minus the published
+  one, and the distribution of the margin D_best other - D_true per image (negative: wrong);
 - abs_margins.csv: per image and model, the label, the ten bounds and the ten reconstruction
   errors, so the figure can be re-derived;
 - abs_margins.md: the summary numbers, with command, commit and hardware.
@@ -52,12 +52,24 @@ def error_matrix(errors: np.ndarray, labels: np.ndarray) -> np.ndarray:
 
 
 def figure(results: dict[str, tuple[np.ndarray, np.ndarray]], labels: np.ndarray) -> Figure:
-    fig = Figure(figsize=(5 * len(results) + 6, 4.6))
-    axes = fig.subplots(1, len(results) + 1)
-    top = max(error_matrix(e, labels).max() for _, e in results.values())
-    for ax, (name, (_, errors)) in zip(axes, results.items()):
-        image = ax.imshow(error_matrix(errors, labels), cmap="viridis", vmin=0, vmax=top)
-        ax.set_title(f"{name}: mean ||x - G_c(z*)||^2 / 784", fontsize=9)
+    """The error matrix of each model, their difference (second minus first), the margins."""
+    matrices = {name: error_matrix(errors, labels) for name, (_, errors) in results.items()}
+    fig = Figure(figsize=(5 * len(results) + 11, 4.6))
+    axes = fig.subplots(1, len(results) + 2)
+    top = np.nanmax(list(matrices.values()))
+    first, *_, last = matrices
+    difference = matrices[last] - matrices[first]
+    spread = np.nanmax(np.abs(difference))
+    panels = [
+        *[
+            (f"{name}: mean ||x - G_c(z*)||^2 / 784", m, "viridis", 0, top)
+            for name, m in matrices.items()
+        ],
+        (f"{last} - {first}", difference, "coolwarm", -spread, spread),
+    ]
+    for ax, (title, matrix, cmap, low, high) in zip(axes, panels):
+        image = ax.imshow(matrix, cmap=cmap, vmin=low, vmax=high)
+        ax.set_title(title, fontsize=9)
         ax.set_xlabel("VAE of class c")
         ax.set_ylabel("digits of class y")
         ax.set_xticks(range(10))
