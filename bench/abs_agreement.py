@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from abslab.data.mnist import MNISTDataModule
+from abslab.data.mnist import first_test_images
 from abslab.models.abs import PUBLISHED_CLASS_SCALARS, ABSDefense
 from abslab.utils.run_io import command_line, git_commit, hardware
 from bench.abs_reference import ReferenceABS, load_reference_vaes
@@ -49,9 +49,7 @@ def main() -> None:
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     device = torch.device(args.device)
-    data = MNISTDataModule(root=args.root, download=False, test_samples=args.samples)
-    data.setup("test")
-    x, y, index = data.test_set.tensors
+    x, y, index = first_test_images(args.root, args.samples)
     x = x.to(device)
     vaes = [vae.to(device) for vae in load_reference_vaes(args.weights)]
     rows = {"index": index.tolist(), "label": y.tolist()}

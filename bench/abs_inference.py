@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from abslab.data.mnist import MNISTDataModule
+from abslab.data.mnist import first_test_images
 from abslab.models.abs import ABSDefense
 from abslab.utils.run_io import command_line, git_commit, hardware
 from bench.abs_reference import ReferenceABS, load_reference_vaes
@@ -224,9 +224,7 @@ def main() -> None:
     args = parser.parse_args()
 
     device = torch.device(args.device)
-    data = MNISTDataModule(root=args.root, download=False, test_samples=max(args.batch_sizes))
-    data.setup("test")
-    images = data.test_set.tensors[0].to(device)
+    images = first_test_images(args.root, max(args.batch_sizes))[0].to(device)
     candidates = variants(args, device)
     results = []
     for batch in args.batch_sizes:

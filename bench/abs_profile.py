@@ -19,15 +19,18 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from abslab.data.mnist import MNISTDataModule
+from abslab.data.mnist import first_test_images
 from abslab.models.abs import ABSDefense
 from abslab.models.vae import DECODER_LAYERS, N_CLASSES
 from abslab.utils.run_io import command_line, git_commit, hardware
 from bench.abs_inference import write_section
 
-# weight shape of each grouped (transposed) convolution -> (layer, its side of input, MACs per
-# class and image), for layers 1-3 (layer 0, 1x1 -> 4x4, is a matrix product)
-SIDES = (1, 4, 11, 25)
+# the input side of each decoder layer: 1x1 latents, then (n - 1) * stride + k per layer
+SIDES = [1]
+for _, _, kernel, stride in DECODER_LAYERS[:-1]:
+    SIDES.append((SIDES[-1] - 1) * stride + kernel)
+# weight shape of each grouped (transposed) convolution -> (layer, MACs per class and image),
+# for layers 1-3 (layer 0, 1x1 -> 4x4, is a matrix product)
 CONV_LAYERS = {
     (N_CLASSES * c_in, c_out, k, k): (i, SIDES[i] ** 2 * c_in * c_out * k * k)
     for i, (c_in, c_out, k, _) in enumerate(DECODER_LAYERS)
@@ -70,9 +73,7 @@ def main() -> None:
     args = parser.parse_args()
 
     torch.set_flush_denormal(True)
-    data = MNISTDataModule(root=args.root, download=False, test_samples=args.images)
-    data.setup("test")
-    x = data.test_set.tensors[0]
+    x = first_test_images(args.root, args.images)[0]
     model = ABSDefense(pretrained=args.weights, clip_mode="authors").eval()
     peak = peak_gflops()
     with torch.no_grad():

@@ -24,7 +24,7 @@ from omegaconf import OmegaConf
 
 from abslab.attacks.harness import run_attack
 from abslab.attacks.suite import instantiate_attack
-from abslab.data.mnist import MNISTDataModule
+from abslab.data.mnist import first_test_images
 from abslab.models.abs import ABSDefense
 from abslab.models.base import Defense
 from abslab.models.cnn import CNNDefense
@@ -68,9 +68,7 @@ def main() -> None:
     parser.add_argument("--out", default=str(REPO / "results" / "attacks_speed.md"))
     args = parser.parse_args()
     torch.set_flush_denormal(True)
-    data = MNISTDataModule(root=args.root, download=False, test_samples=args.samples)
-    data.setup("test")
-    x, y, _ = data.test_set.tensors
+    x, y, _ = first_test_images(args.root, args.samples)
     model = load_model(args.model, Path(args.weights))
     with torch.no_grad():
         clean = model(x).argmax(1)

@@ -33,7 +33,7 @@ from abslab.attacks.gradient import input_gradient
 from abslab.attacks.harness import run_attack
 from abslab.attacks.queries import QueryModel
 from abslab.attacks.suite import instantiate_attack
-from abslab.data.mnist import MNISTDataModule
+from abslab.data.mnist import first_test_images
 from abslab.models.abs import ABSDefense
 from abslab.utils.run_io import command_line, git_commit, hardware
 from bench.attacks import write_section
@@ -84,9 +84,7 @@ def main() -> None:
     torch.set_flush_denormal(True)
     pairs = (item.split("=", 1) for item in args.cpu_budget.split())
     cpu_budget = {key: yaml.safe_load(value) for key, value in pairs}
-    data = MNISTDataModule(root=args.root, download=False, test_samples=args.samples)
-    data.setup("test")
-    x, y, _ = data.test_set.tensors
+    x, y, _ = first_test_images(args.root, args.samples)
     model = ABSDefense(pretrained=str(Path(args.weights) / "abs")).eval()
     with torch.no_grad():
         clean = model(x).argmax(1)

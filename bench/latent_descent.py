@@ -34,7 +34,7 @@ import torch
 from abslab.attacks.distances import beyond, distance
 from abslab.attacks.harness import run_attack
 from abslab.attacks.latent_descent import LatentDescentAttack
-from abslab.data.mnist import MNISTDataModule
+from abslab.data.mnist import first_test_images
 from abslab.models.abs import ABSDefense
 from abslab.utils.run_io import command_line, git_commit, hardware
 from bench.authors_code import authors_modules
@@ -144,9 +144,7 @@ def main() -> None:
         )
 
     torch.set_flush_denormal(True)  # denormals in the decoders slow CPUs ~10x; both alike
-    data = MNISTDataModule(root=args.root, download=False, test_samples=args.samples)
-    data.setup("test")
-    x, y, index = data.test_set.tensors
+    x, y, index = first_test_images(args.root, args.samples)
     ours = ABSDefense(
         pretrained=args.weights, latent_samples=args.latent_samples, clip_mode="authors"
     ).eval()

@@ -245,3 +245,12 @@ class MNISTDataModule(pl.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader(self.test_set, self.eval_batch_size, shuffle=False)
+
+
+def first_test_images(root: str | Path, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The first n test images (n, 1, 28, 28) in [0, 1], their labels (n,) and indices (n,),
+    read from `root` without downloading: what benches and results scripts measure on."""
+    data = MNISTDataModule(root=root, download=False, test_samples=n)
+    data.setup("test")
+    x, y, index = data.test_set.tensors
+    return x, y, index

@@ -1,6 +1,6 @@
 """How class-specific two ABS models' VAEs are: own-class against other-class bounds.
 
-python -m abslab.results.abs_margins --ckpt checkpoints/abs_own.ckpt --samples 1000
+python -m abslab.results.abs_margins --ckpt checkpoints/abs_own_b512.ckpt --samples 1000
 
 ABS classifies by the lowest bound D_c(x) = min_z ||x - G_c(z)||^2 + beta/2 ||z||^2 (/784), so
 what decides its accuracy (and its robustness) is how well each class's decoder explains its own
@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from abslab.data.mnist import MNISTDataModule
+from abslab.data.mnist import first_test_images
 from abslab.models.abs import ABSDefense
 from abslab.models.checkpoints import load_checkpoint_weights
 from abslab.models.vae import pack_by_class, vae_loss_terms
@@ -167,9 +167,7 @@ def main() -> None:
     args = parser.parse_args()
 
     torch.set_flush_denormal(True)
-    data = MNISTDataModule(root=args.root, download=False, test_samples=args.samples)
-    data.setup("test")
-    x, y, _ = data.test_set.tensors
+    x, y, _ = first_test_images(args.root, args.samples)
     own = ABSDefense().eval()
     load_checkpoint_weights(own, args.ckpt)
     models = {"published": ABSDefense(pretrained=args.pretrained).eval(), "abslab": own}
