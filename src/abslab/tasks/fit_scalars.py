@@ -6,8 +6,8 @@ The published binary ABS multiplies class c's ELBO by s_c, chosen by the authors
 unpublished way. Here: binarized validation images (the same split train.py held out), their
 ten ELBOs under the trained VAEs, then coordinate ascent on validation accuracy with s_0 = 1
 fixed (only ratios matter), each s_c searched on a grid over [0.9, 1.1], three sweeps. Prints the
-scalars as a `model.class_scalars=[...]` override and writes them to scalars.json beside the
-checkpoint.
+scalars as a `model.class_scalars=[...]` override and writes them to <checkpoint>.scalars.json
+beside it, where weights=own finds them (abslab.models.registry).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
 from tqdm import tqdm
@@ -22,6 +23,7 @@ from tqdm import tqdm
 from abslab.data.mnist import MNISTDataModule
 from abslab.models.abs import ABSDefense
 from abslab.models.checkpoints import load_checkpoint_weights
+from abslab.models.registry import scalars_path
 
 
 def fit_class_scalars(
@@ -46,6 +48,35 @@ def fit_class_scalars(
     return scalars
 
 
+def fit_and_write(
+    model: ABSDefense,
+    ckpt: str | Path,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    device: str = "cpu",
+    batch_size: int = 500,
+) -> dict[str, Any]:
+    """Fit the scalars of the ABS weights in `ckpt` on validation images x (N, 1, 28, 28),
+    labels y (N,); write them to `<ckpt>.scalars.json` (where weights=own looks) and return them.
+    `model`: a binary ABS (binarize_input, scalars ones) whose inference settings are used."""
+    load_checkpoint_weights(model, ckpt)
+    model = model.to(device).eval()
+    with torch.no_grad():
+        elbos = -torch.cat([model(part.to(device)).cpu() for part in tqdm(x.split(batch_size))])
+    before = (elbos.argmin(1) == y).double().mean().item()
+    scalars = fit_class_scalars(elbos.double(), y)
+    after = ((elbos.double() * scalars).argmin(1) == y).double().mean().item()
+    result = {
+        "ckpt": str(ckpt),
+        "val_size": len(y),
+        "val_accuracy_ones": before,
+        "val_accuracy_fitted": after,
+        "class_scalars": [round(float(s), 4) for s in scalars],
+    }
+    scalars_path(Path(ckpt)).write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--ckpt", required=True)
@@ -63,28 +94,9 @@ def main() -> None:
     data.setup("fit")
     x, y, _ = data.val_set.tensors
     model = ABSDefense(name="binary_abs", binarize_input=True)
-    load_checkpoint_weights(model, args.ckpt)
-    model = model.to(args.device).eval()
-    with torch.no_grad():
-        elbos = -torch.cat(
-            [model(part.to(args.device)).cpu() for part in tqdm(x.split(args.batch_size))]
-        )
-    before = (elbos.argmin(1) == y).double().mean().item()
-    scalars = fit_class_scalars(elbos.double(), y)
-    after = ((elbos.double() * scalars).argmin(1) == y).double().mean().item()
-    values = [round(float(s), 4) for s in scalars]
-    result = {
-        "ckpt": args.ckpt,
-        "val_size": len(y),
-        "split_seed": args.split_seed,
-        "val_accuracy_ones": before,
-        "val_accuracy_fitted": after,
-        "class_scalars": values,
-    }
-    path = Path(args.ckpt).with_name("scalars.json")
-    path.write_text(json.dumps(result, indent=2) + "\n")
+    result = fit_and_write(model, args.ckpt, x, y, args.device, args.batch_size)
     print(json.dumps(result, indent=2))
-    print(f"model.class_scalars=[{','.join(str(v) for v in values)}]")
+    print(f"model.class_scalars=[{','.join(str(v) for v in result['class_scalars'])}]")
 
 
 if __name__ == "__main__":

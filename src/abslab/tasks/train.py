@@ -13,12 +13,32 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from abslab.models.base import build_defense
+from abslab.models.checkpoints import slim_checkpoint
+from abslab.tasks.fit_scalars import fit_and_write
 from abslab.utils.loggers import log_summary
 from abslab.utils.run_io import git_commit, provenance, write_summary
 from abslab.utils.seeding import seed_if_given
 from abslab.utils.task import logged_run
 
 log = logging.getLogger(__name__)
+
+
+def export_weights(cfg: DictConfig, checkpoint: str, datamodule: Any) -> dict[str, Any]:
+    """<run dir>/weights.ckpt: the tested checkpoint, weights only (what weights=own and
+    `checkpoints/` take). With fit_binary_scalars, binary ABS's class scalars are fitted on the
+    validation split beside it (weights.scalars.json)."""
+    path = slim_checkpoint(checkpoint, Path(cfg.output_dir) / "weights.ckpt")
+    exported: dict[str, Any] = {"weights": str(path)}
+    if cfg.fit_binary_scalars:
+        binary = build_defense(cfg.model, name="binary_abs", binarize_input=True, class_scalars=None)
+        x, y, _ = datamodule.val_set.tensors
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        fitted = fit_and_write(binary, path, x, y, device, cfg.data.eval_batch_size)
+        exported["binary_abs_scalars"] = fitted["class_scalars"]
+        exported["binary_abs_val_accuracy"] = fitted["val_accuracy_fitted"]
+        log.info("Binary ABS scalars (validation): %s", fitted["class_scalars"])
+    log.info("Weights: %s", path)
+    return exported
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -53,6 +73,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                 summary["val_accuracy_best"] = model.best_val_acc
         else:
             log.info("model=%s needs no training; testing it as it is.", model.name)
+        if model.needs_training and trainer.is_global_zero:
+            summary.update(export_weights(cfg, best or summary["last_checkpoint"], datamodule))
         if cfg.test_after_fit:
             results = trainer.test(model, datamodule, ckpt_path=best)
             summary.update({k.replace("test/", "test_"): v for k, v in results[0].items()})
