@@ -79,10 +79,11 @@ def resolve(
     return checkpoint, {"class_scalars": json.loads(path.read_text())["class_scalars"]}
 
 
-def substitute_weights(choice: str, registry: str | Path, published_root: str | Path) -> str:
-    """The transfer substitute's weights for `own` / `published`; any other value is a path."""
+def substitute_weights(choice: str | None, registry: str | Path, published_root: str | Path) -> str:
+    """The transfer substitute's weights for `own` / `published` (None: published); any other
+    value is a path."""
     if choice == "own":
         return str(own_checkpoint("transfer_cnn", registry))
-    if choice == "published":
+    if choice in (None, "published"):
         return str(Path(published_root) / PUBLISHED["transfer_cnn"] / "transfer_cnn.net")
     return choice

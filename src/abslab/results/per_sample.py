@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import math
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -85,25 +86,44 @@ def save_adversarials(
     temporary.replace(path)
 
 
-def smallest_adversarials(directory: Path, rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
-    """Per sample, the smallest verified adversarial over all attacks (the paper's gallery):
-    arrays index, label, adv_pred, attack, distance (N,) and images (N, 28, 28), for the
-    samples with a finite all-attacks distance (clean misclassifications: the original)."""
-    by_pair = {(r["index"], r["attack"]): r for r in rows}
-    best: dict[int, tuple[float, str, np.ndarray]] = {}
+def _stored_adversarials(
+    directory: Path, previous: Path | None
+) -> Iterator[tuple[int, str, np.ndarray, float]]:
+    """(index, attack, image, distance) of every stored adversarial: the per-batch files, then
+    an earlier adversarials.npz (which keeps them where adversarials/ was not kept, e.g. a run
+    dir committed without it and resumed on another machine)."""
     for path in sorted(directory.glob("*.npz")):
         if path.name.endswith(".tmp.npz"):
             continue
         attack = path.name.rsplit("_", 1)[0]
         with np.load(path) as data:
             for i, image, dist in zip(data["index"], data["images"], data["distance"]):
-                row = by_pair.get((int(i), attack))
-                if row is None or not math.isfinite(row["distance"]):
-                    continue
-                if not math.isclose(float(dist), row["distance"], rel_tol=1e-5, abs_tol=1e-6):
-                    continue  # an image from a killed run that its rerun replaced
-                if int(i) not in best or row["distance"] < best[int(i)][0]:
-                    best[int(i)] = (row["distance"], attack, image)
+                yield int(i), attack, image, float(dist)
+    if previous is not None and previous.is_file():
+        with np.load(previous) as data:
+            for i, attack, image, dist in zip(
+                data["index"], data["attack"], data["images"], data["distance"]
+            ):
+                yield int(i), str(attack), image, float(dist)
+
+
+def smallest_adversarials(
+    directory: Path, rows: list[dict[str, Any]], previous: Path | None = None
+) -> dict[str, np.ndarray]:
+    """Per sample, the smallest verified adversarial over all attacks (the paper's gallery):
+    arrays index, label, adv_pred, attack, distance (N,) and images (N, 28, 28), for the
+    samples with a finite all-attacks distance (clean misclassifications: the original).
+    Images come from `directory` and the `previous` result (an adversarials.npz)."""
+    by_pair = {(r["index"], r["attack"]): r for r in rows}
+    best: dict[int, tuple[float, str, np.ndarray]] = {}
+    for i, attack, image, dist in _stored_adversarials(directory, previous):
+        row = by_pair.get((i, attack))
+        if row is None or not math.isfinite(row["distance"]):
+            continue
+        if not math.isclose(dist, row["distance"], rel_tol=1e-5, abs_tol=1e-6):
+            continue  # an image from a killed run that its rerun replaced
+        if i not in best or row["distance"] < best[i][0]:
+            best[i] = (row["distance"], attack, image)
     order = sorted(best)
     label = {r["index"]: r["label"] for r in rows}
     pred = {(r["index"], r["attack"]): r["adv_pred"] for r in rows}

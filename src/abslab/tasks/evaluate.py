@@ -12,11 +12,13 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.loggers import Logger, WandbLogger
 
+from abslab.attacks.budget import apply_budget
 from abslab.attacks.suite import build_attacks
 from abslab.callbacks.attack_evaluation import AttackEvaluation
+from abslab.models import registry
 from abslab.models.base import Defense, build_defense
 from abslab.models.checkpoints import load_checkpoint_weights
 from abslab.models.pretrained import WeightsError
@@ -35,17 +37,37 @@ from abslab.utils.task import logged_run
 log = logging.getLogger(__name__)
 
 
-def load_defense(cfg: DictConfig) -> Defense:
-    """The model of `cfg.model` with weights from `cfg.ckpt` or `model.pretrained`."""
+def load_defense(cfg: DictConfig) -> tuple[Defense, str | None]:
+    """The model of `cfg.model` and the checkpoint it loaded: weights from `cfg.ckpt`, else
+    `model.pretrained`, else by name from `cfg.weights` (own or published)."""
+    ckpt = cfg.ckpt
+    if ckpt is None and cfg.model.get("pretrained") is None:
+        found, overrides = registry.resolve(
+            cfg.model.name, cfg.weights, cfg.registry, cfg.published_root
+        )
+        ckpt = str(found) if found is not None else None
+        with open_dict(cfg):  # the run's config says what ran (binary ABS: fitted scalars)
+            cfg.model.update(overrides)
     model = build_defense(cfg.model)
-    if cfg.ckpt is not None:
-        load_checkpoint_weights(model, cfg.ckpt)
+    if ckpt is not None:
+        load_checkpoint_weights(model, ckpt)
     elif model.needs_training and model.pretrained is None:
         raise WeightsError(
-            f"model={model.name} has no weights: give ckpt=PATH (a checkpoint from train.py)"
-            " or, where published weights exist, model.pretrained=PATH."
+            f"model={model.name} has no weights: give ckpt=PATH (a checkpoint from train.py),"
+            " weights=own (trained with experiment=<name>) or, where published weights exist,"
+            " model.pretrained=PATH or weights=published."
         )
-    return model
+    return model, ckpt
+
+
+def resolve_substitutes(cfg: DictConfig) -> None:
+    """Transfer attacks' `substitute_weights: own | published | null` (conf/attack: the run's
+    `weights`) to the transfer CNN's file."""
+    for spec in (cfg.get("attack") or {}).values():
+        if "substitute_weights" in spec:
+            spec.substitute_weights = registry.substitute_weights(
+                spec.substitute_weights, cfg.registry, cfg.published_root
+            )
 
 
 def save_figure(figure: Any, path: Path, logger: Logger | None) -> str:
@@ -70,7 +92,8 @@ def _attack_outputs(
 ) -> list[str]:
     """adversarials.npz, robustness_curve.png and adversarials.png of an attacked run."""
     output_dir = Path(cfg.output_dir)
-    smallest = smallest_adversarials(output_dir / "adversarials", rows)
+    previous = output_dir / "adversarials.npz"
+    smallest = smallest_adversarials(output_dir / "adversarials", rows, previous)
     np.savez_compressed(output_dir / "adversarials.npz", **smallest)
     images = datamodule.test_images(smallest["index"])
     originals = {int(i): image[0].numpy() for i, image in zip(smallest["index"], images)}
@@ -87,8 +110,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     seed_if_given(cfg.seed)
     torch.set_flush_denormal(cfg.flush_denormals)
     output_dir = Path(cfg.output_dir)
+    apply_budget(cfg)
+    resolve_substitutes(cfg)
     datamodule = instantiate(cfg.data)
-    model = load_defense(cfg)
+    model, ckpt = load_defense(cfg)
     attacks, skipped = build_attacks(cfg.get("attack"), cfg.norm.name, model)
     names = [a.name for a in attacks] or [CLEAN_ONLY]
     datamodule.setup("test")
@@ -139,8 +164,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             summary["skipped_attacks"] = skipped
             summary["budgets"] = {a.name: {"source": a.source, **a.budget()} for a in attacks}
         summary.update(
-            ckpt=cfg.ckpt,
-            pretrained=model.pretrained if cfg.ckpt is None else None,
+            sweep_name=cfg.sweep_name,
+            budget=cfg.budget.name,
+            weights=cfg.weights,
+            test_offset=cfg.data.test_offset,
+            ckpt=ckpt,
+            pretrained=model.pretrained if ckpt is None else None,
             **provenance(output_dir, start, commit),
         )
         figures = _attack_outputs(cfg, model, rows, summary, datamodule, logger) if attacks else []

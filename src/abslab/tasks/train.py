@@ -30,7 +30,9 @@ def export_weights(cfg: DictConfig, checkpoint: str, datamodule: Any) -> dict[st
     path = slim_checkpoint(checkpoint, Path(cfg.output_dir) / "weights.ckpt")
     exported: dict[str, Any] = {"weights": str(path)}
     if cfg.fit_binary_scalars:
-        binary = build_defense(cfg.model, name="binary_abs", binarize_input=True, class_scalars=None)
+        binary = build_defense(
+            cfg.model, name="binary_abs", binarize_input=True, class_scalars=None
+        )
         x, y, _ = datamodule.val_set.tensors
         device = "cuda" if torch.cuda.is_available() else "cpu"
         fitted = fit_and_write(binary, path, x, y, device, cfg.data.eval_batch_size)
