@@ -76,6 +76,10 @@ class Defense(pl.LightningModule):
         name -> matplotlib Figure. evaluate.py saves them as <name>.png and logs them."""
         return {}
 
+    def attach_data(self, datamodule: Any) -> None:
+        """Take what the model needs from the data besides weights (nearest_neighbor: its
+        reference set); called by Lightning's setup, and by tasks that run without a Trainer."""
+
     def accepts_weights_of(self, trained_as: str) -> bool:
         """Whether a checkpoint trained as model=`trained_as` holds this model's weights."""
         return trained_as == self.name

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from abslab.models.base import Defense
@@ -42,9 +44,12 @@ class NearestNeighborDefense(Defense):
         self.reference_sq_norms = (flat * flat).sum(1)
         self.class_starts = [0, *torch.cumsum(counts, 0).tolist()]
 
-    def setup(self, stage: str) -> None:
+    def attach_data(self, datamodule: Any) -> None:
         if len(self.references) == 0:
-            self.fit_reference(*self.trainer.datamodule.reference_set())
+            self.fit_reference(*datamodule.reference_set())
+
+    def setup(self, stage: str) -> None:
+        self.attach_data(self.trainer.datamodule)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (B, 1, 28, 28) -> logits (B, 10), minus the per-class nearest L2 distance."""

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from abslab.attacks.distal import distal_adversarials
@@ -33,6 +34,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     settings = cfg.distal
     steps = cfg.budget.get("distal_steps") or settings.steps
     model, ckpt = load_defense(cfg)
+    model.attach_data(instantiate(cfg.data))
     model.eval()
     estimated = settings.estimate_all or model.gradient == "none"
     estimator = (
