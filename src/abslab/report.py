@@ -60,7 +60,10 @@ class Cell:
 
 
 def weights_label(summary: dict[str, Any]) -> str:
-    """own / published / the checkpoint: which weights a run attacked."""
+    """own / published / ckpt: which weights a run attacked; none for models without weights
+    (nearest_neighbor), whose runs belong in either table."""
+    if not summary.get("ckpt") and not summary.get("pretrained"):
+        return "none"
     if summary.get("weights"):
         return str(summary["weights"])
     return "published" if summary.get("pretrained") else "ckpt"
@@ -142,7 +145,7 @@ def merge_cell(norm: str, model: str, runs: list[dict[str, Any]]) -> Cell:
 
 def build_cells(summaries: list[dict[str, Any]]) -> dict[tuple[str, str], Cell]:
     """(norm, model) -> merged cell, for attacked runs of one weights label."""
-    labels = {weights_label(s) for s in summaries}
+    labels = {weights_label(s) for s in summaries} - {"none"}
     if len(labels) > 1:
         raise ReportError(
             f"The runs attacked different weights ({', '.join(sorted(labels))}): report each "
@@ -390,7 +393,7 @@ def report(
     for figure, path in figures:
         figure.savefig(path, dpi=110)
         plt.close(figure)
-    labels = {weights_label(s) for s in summaries}
+    labels = {weights_label(s) for s in summaries} - {"none"}
     meta = {
         "title": title,
         "command": command,
