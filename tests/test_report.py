@@ -106,6 +106,14 @@ def test_overlapping_missing_and_unfinished_shards_are_refused(tmp_path):
     (run / "summary.json").write_text(json.dumps(summary))
     with pytest.raises(ReportError, match="lacks 4 .* rerun its sweep"):
         report([short], tmp_path / "o", "T", wandb_mode="disabled")
+    budgets = tmp_path / "budgets"
+    fake_run(budgets, "madry", 0, 2, [0.1] * 2)
+    run = fake_run(budgets, "madry", 2, 2, [0.1] * 2)
+    summary = json.loads((run / "summary.json").read_text())
+    summary["budgets"] = {"fgsm": {"bisect_steps": 3}}
+    (run / "summary.json").write_text(json.dumps(summary))
+    with pytest.raises(ReportError, match="other attack budgets"):
+        report([budgets], tmp_path / "o", "T", wandb_mode="disabled")
     mixed = tmp_path / "mixed"
     fake_run(mixed, "madry", 0, 2, [0.1] * 2)
     fake_run(mixed / "b", "cnn", 0, 2, [0.1] * 2, weights="published")

@@ -102,6 +102,12 @@ def merge_cell(norm: str, model: str, runs: list[dict[str, Any]]) -> Cell:
     if any(n != names[0] for n in names):
         listing = "; ".join(f"{r['run_dir']}: {n}" for r, n in zip(runs, names))
         raise ReportError(f"{model}, {norm}: shards ran different attacks ({listing}).")
+    for run in runs[1:]:
+        if run.get("budgets") != runs[0].get("budgets"):
+            raise ReportError(
+                f"{model}, {norm}: {run['run_dir']} ran other attack budgets than "
+                f"{runs[0]['run_dir']}: rerun one of them with the other's budget."
+            )
     for before, after in itertools.pairwise(runs):
         (a0, a1), (b0, b1) = _shard(before), _shard(after)
         if b0 < a1:
