@@ -94,6 +94,14 @@ def _shard(summary: dict[str, Any]) -> tuple[int, int]:
     return first, first + (int(wanted) if wanted is not None else summary["n_samples"])
 
 
+def _budgets(summary: dict[str, Any]) -> dict[str, Any]:
+    """A run's attack budgets, less where the substitute's file lay (a machine's path)."""
+    return {
+        name: {k: v for k, v in budget.items() if k != "substitute_weights"}
+        for name, budget in summary.get("budgets", {}).items()
+    }
+
+
 def merge_cell(norm: str, model: str, runs: list[dict[str, Any]]) -> Cell:
     """One cell from its shards: refuses overlaps, gaps, unfinished shards and shards that
     ran different attacks; then recomputes the statistics from all per-sample rows."""
@@ -103,7 +111,7 @@ def merge_cell(norm: str, model: str, runs: list[dict[str, Any]]) -> Cell:
         listing = "; ".join(f"{r['run_dir']}: {n}" for r, n in zip(runs, names))
         raise ReportError(f"{model}, {norm}: shards ran different attacks ({listing}).")
     for run in runs[1:]:
-        if run.get("budgets") != runs[0].get("budgets"):
+        if _budgets(run) != _budgets(runs[0]):
             raise ReportError(
                 f"{model}, {norm}: {run['run_dir']} ran other attack budgets than "
                 f"{runs[0]['run_dir']}: rerun one of them with the other's budget."
