@@ -228,6 +228,11 @@ def table_rows(cells: dict[tuple[str, str], Cell], norm: str) -> list[list[str]]
     return rows
 
 
+def _model_order(model: str) -> int:
+    """The paper's column order; models it did not have go last."""
+    return MODELS.index(model) if model in MODELS else len(MODELS)
+
+
 def _paper_text(norm: str, model: str) -> str:
     if model not in PAPER_ALL.get(norm, {}):
         return ""
@@ -280,7 +285,7 @@ def markdown(
         out += ["", "## Distal adversarials", ""]
         out.append("| model | reached p ≥ level | steps (max) | gradient | weights |")
         out.append("|---|---|---|---|---|")
-        for model, d in distal.items():
+        for model, d in sorted(distal.items(), key=lambda item: _model_order(item[0])):
             out.append(
                 f"| {LABELS.get(model, model)} | {d['reached']} of {len(d['targets'])} | "
                 f"{d['steps']} | {d['gradient']} | {d['weights']} |"
