@@ -240,9 +240,12 @@ def _paper_text(norm: str, model: str) -> str:
     return f"{median:.3g} / {100 * accuracy:.0f}%"
 
 
+def _budget_names(cell: Cell) -> str:
+    return ",".join(sorted({r.get("budget") or "none" for r in cell.runs}))
+
+
 def _provenance_text(cell: Cell) -> str:
-    budgets = sorted({r.get("budget") or "none" for r in cell.runs})
-    return f"{cell.stats['n_samples']} / {','.join(budgets)}"
+    return f"{cell.stats['n_samples']} / {_budget_names(cell)}"
 
 
 def markdown(
@@ -311,7 +314,7 @@ def csv_rows(cells: dict[tuple[str, str], Cell]) -> list[dict[str, Any]]:
                     "median": stats["median_distance"],
                     "accuracy_at_threshold": stats["accuracy_at_threshold"],
                     "n_samples": stats["n_samples"],
-                    "budget": _provenance_text(cell).split(" / ")[1],
+                    "budget": _budget_names(cell),
                     "paper_median": paper[0] if paper else None,
                     "paper_accuracy": paper[1] if paper else None,
                 }

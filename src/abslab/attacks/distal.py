@@ -48,18 +48,22 @@ def distal_adversarials(
     queried = QueryModel(model, x, targets, "l2", estimator=estimator)
     rows = torch.arange(len(targets))
     velocity = torch.zeros_like(x)
+    p = torch.zeros(len(targets))
     taken = torch.zeros(len(targets), dtype=torch.long)
     active = torch.ones(len(targets), dtype=torch.bool)
     for _ in tqdm(range(steps + 1), desc="distal", disable=not progress):
-        with torch.no_grad():
-            p = model.calibrated_softmax(queried.scores(x, rows))[rows, targets]
-        active &= p < confidence
-        if not active.any() or int(taken.max()) >= steps:
-            break
         idx = rows[active]
         xa = x[idx].clone().requires_grad_(True)
-        loss = F.cross_entropy(queried(xa, idx), targets[idx], reduction="sum")
+        logits = queried(xa, idx)  # one forward a step: confidence and gradient alike
+        with torch.no_grad():
+            p[idx] = model.calibrated_softmax(logits)[torch.arange(len(idx)), targets[idx]]
+        going = p[idx] < confidence
+        active[idx] = going
+        if not going.any() or int(taken.max()) >= steps:
+            break
+        loss = F.cross_entropy(logits[going], targets[idx[going]], reduction="sum")
         (grad,) = torch.autograd.grad(loss, xa)
+        idx, grad = idx[going], grad[going]
         with torch.no_grad():
             velocity[idx] = momentum * velocity[idx] + grad
             x[idx] = (x[idx] - lr * velocity[idx]).clamp(0, 1)

@@ -89,12 +89,12 @@ def curves_figure(
     norms = [n for n in NORM_TITLES if n in results]
     figure, axes = plt.subplots(1, len(norms), figsize=(5 * len(norms), 4), squeeze=False)
     for axis, norm in zip(axes[0], norms):
-        threshold = None
+        any_run = next(iter(results[norm].values()))
+        threshold, xmax = any_run["threshold"], any_run["epsilons"][-1]
         for model in MODELS:
             color, style = STYLES[model]
             if model in results[norm]:
                 r = results[norm][model]
-                threshold = r["threshold"]
                 accuracy = 100 * np.array(r["curve"])
                 axis.plot(
                     r["epsilons"],
@@ -109,18 +109,15 @@ def curves_figure(
                 axis.plot(paper[0], paper[1], style, color=color, linewidth=1, alpha=0.4)
             elif model in PAPER_ALL.get(norm, {}):
                 median, accuracy_at = PAPER_ALL[norm][model]
-                eps = {"l2": 1.5, "linf": 0.3, "l0": 12}[norm]
                 axis.plot(
-                    [median, eps],
+                    [median, threshold],
                     [50, 100 * accuracy_at],
                     "o",
                     mfc="none",
                     color=color,
                     markersize=5,
                 )
-        if threshold is not None:
-            axis.axvline(threshold, color="grey", linewidth=0.8)
-        xmax = {"l2": 4.0, "linf": 0.5, "l0": 80}[norm]
+        axis.axvline(threshold, color="grey", linewidth=0.8)
         axis.set_xlim(0, xmax)
         axis.set_ylim(0, 100)
         axis.set_xlabel(f"{NORM_TITLES[norm]} distance" + (" (pixels)" if norm == "l0" else ""))
