@@ -9,11 +9,11 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 def apply_budget(cfg: DictConfig) -> None:
     """Set data.test_samples (where not given) and data.eval_batch_size from `cfg.budget`, and
     merge its attack settings into the attacks this run has: `attacks` for every model, then
-    `expensive_attacks` for `expensive_models` (ABS: a full inference per query)."""
+    `expensive_attacks` for models whose card says `expensive` (ABS: a full inference per query)."""
     budget = cfg.get("budget")
     if budget is None or budget.name == "none":
         return
-    expensive = cfg.model.name in budget.expensive_models
+    expensive = bool(cfg.model.card.expensive)
     with open_dict(cfg):
         if cfg.data.test_samples is None:
             cfg.data.test_samples = budget.expensive_samples if expensive else budget.samples

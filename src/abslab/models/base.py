@@ -24,9 +24,11 @@ def build_defense(spec: DictConfig, **overrides: Any) -> Defense:
     """The defense of a `model` config, every argument a plain Python value.
 
     Hydra passes lists and dicts as ListConfig/DictConfig by default; saved as hyperparameters
-    they make a checkpoint that `torch.load(weights_only=True)` refuses.
+    they make a checkpoint that `torch.load(weights_only=True)` refuses. The config's `card`
+    (how results show the model: label, column, style, paper numbers) is not an argument.
     """
-    return instantiate(spec, _convert_="all", **overrides)
+    arguments = {key: value for key, value in spec.items() if key != "card"}
+    return instantiate(arguments, _convert_="all", **overrides)
 
 
 class Defense(pl.LightningModule):
