@@ -19,8 +19,6 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
-from omegaconf import OmegaConf
 
 from abslab.attacks.harness import run_attack
 from abslab.attacks.suite import instantiate_attack
@@ -29,6 +27,7 @@ from abslab.models.abs import ABSDefense
 from abslab.models.base import Defense
 from abslab.models.cnn import CNNDefense
 from abslab.utils.run_io import command_line, git_commit, hardware
+from bench.configs import attack_config
 
 REPO = Path(__file__).resolve().parents[1]
 SUITES = {
@@ -44,16 +43,9 @@ def load_model(name: str, weights: Path) -> Defense:
     return ABSDefense(pretrained=str(weights / "abs")).eval()
 
 
-def attack_config(name: str, budget: list[str]):
-    spec = OmegaConf.load(REPO / "conf" / "attack" / f"{name}.yaml")[name]
-    changed = {}
-    for item in budget:
-        key, value = item.split("=", 1)
-        attack, field = key.split(".", 1)
-        if attack == name:
-            spec[field] = yaml.safe_load(value)  # typed as YAML, as a Hydra override
-            changed[field] = spec[field]
-    return spec, changed
+def lowered(name: str, budget: list[str]) -> list[str]:
+    """The `key=value` items of --budget that belong to attack `name` (given as name.key=value)."""
+    return [item.split(".", 1)[1] for item in budget if item.split(".", 1)[0] == name]
 
 
 def main() -> None:
@@ -86,8 +78,8 @@ def main() -> None:
         for name in SUITES[norm]:
             if args.only and name not in args.only:
                 continue
-            spec, changed = attack_config(name, args.budget)
-            attack = instantiate_attack(name, spec)
+            changed = lowered(name, args.budget)
+            attack = instantiate_attack(name, attack_config(name, changed))
             started = time.perf_counter()
             outcome = run_attack(attack, model, x, y, clean, seed=0)
             elapsed = time.perf_counter() - started
@@ -95,7 +87,7 @@ def main() -> None:
             queries = outcome.queries[attacked].float().mean().item()
             seconds = elapsed / int(attacked.sum())
             broken = int((outcome.success & attacked).sum())
-            changes = ", ".join(f"{k}={v}" for k, v in changed.items()) or "none"
+            changes = ", ".join(changed) or "none"
             lines.append(
                 f"| {norm} | {name} | {attack.source} | {changes} | {seconds:.3f} | "
                 f"{queries:.0f} | {1000 * seconds / max(queries, 1):.2f} | "

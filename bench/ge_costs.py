@@ -24,19 +24,18 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
-from omegaconf import OmegaConf
 from torch import nn
 
 from abslab.attacks.estimators import GradientEstimator
-from abslab.attacks.gradient import input_gradient
 from abslab.attacks.harness import run_attack
 from abslab.attacks.queries import QueryModel
 from abslab.attacks.suite import instantiate_attack
 from abslab.data.mnist import first_test_images
 from abslab.models.abs import ABSDefense
+from abslab.models.projected_gradient import input_gradient
 from abslab.utils.run_io import command_line, git_commit, hardware
 from bench.attacks import write_section
+from bench.configs import attack_config
 
 REPO = Path(__file__).resolve().parents[1]
 GE_ATTACKS = [
@@ -65,16 +64,12 @@ class GradientCounter(nn.Module):
         return self.model(x)
 
 
-def load_spec(name: str, overrides: dict) -> OmegaConf:
-    spec = OmegaConf.load(REPO / "conf" / "attack" / f"{name}.yaml")[name]
-    return OmegaConf.merge(spec, overrides)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=2)
     parser.add_argument(
-        "--cpu-budget", default="estimator=antithetic ge_samples=100 max_queries=300"
+        "--cpu-budget",
+        default="estimator.kind=antithetic estimator.samples=100 max_queries=300",
     )
     parser.add_argument("--only", nargs="*", default=GE_ATTACKS)
     parser.add_argument("--root", default=str(REPO.parent / "shared" / "data" / "mnist"))
@@ -82,8 +77,6 @@ def main() -> None:
     parser.add_argument("--out", default=str(REPO / "results" / "attacks_speed.md"))
     args = parser.parse_args()
     torch.set_flush_denormal(True)
-    pairs = (item.split("=", 1) for item in args.cpu_budget.split())
-    cpu_budget = {key: yaml.safe_load(value) for key, value in pairs}
     x, y, _ = first_test_images(args.root, args.samples)
     model = ABSDefense(pretrained=str(Path(args.weights) / "abs")).eval()
     with torch.no_grad():
@@ -115,10 +108,10 @@ def main() -> None:
     for name in args.only:
         base = name.removesuffix("_ge")
         counter = GradientCounter(model)
-        run_attack(instantiate_attack(base, load_spec(base, {})), counter, x, y, y, seed=0)
+        run_attack(instantiate_attack(base, attack_config(base)), counter, x, y, y, seed=0)
         gradients, plain = counter.gradients / n, counter.plain / n
         paper_seconds = gradients * per_gradient + plain * per_query
-        attack = instantiate_attack(name, load_spec(name, cpu_budget))
+        attack = instantiate_attack(name, attack_config(name, args.cpu_budget.split()))
         started = time.perf_counter()
         outcome = run_attack(attack, model, x, y, y, seed=0)
         seconds = (time.perf_counter() - started) / n

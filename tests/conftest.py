@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 import pytorch_lightning as pl
+import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
@@ -19,6 +21,40 @@ MNIST_ROOT = REPO.parent / "shared" / "data" / "mnist"
 REFERENCE_MODELS = REPO.parent / "shared" / "data" / "reference_models"
 
 os.environ.setdefault("WANDB_SILENT", "true")
+
+# Paths a test run may leave in the checkout: the environment and Python's and tools' caches.
+RUN_CACHES = (".venv/", "__pycache__/", ".pytest_cache/", ".ruff_cache/", ".egg-info/")
+
+
+def _untracked_paths() -> set[str] | None:
+    """Every untracked or ignored file of the checkout (one per file, caches left out), or
+    None outside a git checkout."""
+    status = subprocess.run(
+        ["git", "status", "--porcelain", "--ignored", "-uall", "--", ".", ":(exclude).venv"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    if status.returncode != 0:
+        return None
+    paths = {line[3:] for line in status.stdout.splitlines() if line[:2] in ("??", "!!")}
+    return {p for p in paths if not any(cache in p for cache in RUN_CACHES)}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def checkout_stays_clean():
+    """Fails the session if tests wrote into the checkout: tests write only into tmp_path."""
+    before = _untracked_paths()
+    yield
+    after = _untracked_paths()
+    if before is not None and after is not None and after - before:
+        new = sorted(after - before)
+        pytest.fail(
+            f"the tests wrote {len(new)} file(s) into the checkout, e.g. {new[:5]}: write into "
+            "tmp_path (pass hydra.run.dir / hydra.sweep.dir / output_dir, or run subprocesses "
+            "with cwd=tmp_path).",
+            pytrace=False,
+        )
 
 
 def compose_config(config_name: str, overrides: list[str], output_dir: Path) -> DictConfig:
@@ -37,6 +73,15 @@ def tiny_overrides(*extra: str) -> list[str]:
         "trainer.enable_progress_bar=false",
         *extra,
     ]
+
+
+def plain_distance(a: torch.Tensor, b: torch.Tensor, norm: str) -> torch.Tensor:
+    """Distances (N,) of images a from b (N, 1, 28, 28), written out here rather than taken
+    from abslab.attacks.distances, so that tests check what the harness recorded."""
+    if norm == "l0":
+        return (a != b).flatten(1).sum(dim=1).float()
+    diff = (a - b).flatten(1)
+    return diff.norm(dim=1) if norm == "l2" else diff.abs().amax(dim=1)
 
 
 def run_train(overrides: list[str], output_dir: Path) -> dict[str, Any]:

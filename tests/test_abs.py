@@ -13,7 +13,7 @@ from abslab.models.abs import PUBLISHED_CLASS_SCALARS, ABSDefense
 from abslab.models.abs_inference import clip_to_ball, make_latent_bank, transposed_conv
 from abslab.models.pretrained import WeightsError, stack_reference_vaes
 from abslab.models.vae import pack_by_class, vae_loss_terms
-from abslab.results.abs_margins import error_matrix, figure, margins
+from abslab.tasks.abs_margins import error_matrix, figure, margins
 from abslab.tasks.fit_scalars import fit_class_scalars
 from bench.abs_reference import ReferenceABS, ReferenceVAE, load_reference_vaes
 from conftest import (
@@ -65,7 +65,7 @@ def abs_from(vaes: list[ReferenceVAE], **kwargs) -> ABSDefense:
 def test_batched_inference_equals_the_per_class_reference(clip_mode, digits):
     vaes = random_reference_vaes(seed=0)
     # a radius that the optimised latents reach, so that the clip acts
-    model = abs_from(vaes, n_samples=300, clip=1.5, clip_mode=clip_mode)
+    model = abs_from(vaes, bank_size=300, clip=1.5, clip_mode=clip_mode)
     reference = ReferenceABS(vaes, model.bank_latents, clip=1.5, keep_sign=clip_mode == "project")
     x = digits[0]
     with torch.no_grad():
@@ -74,7 +74,7 @@ def test_batched_inference_equals_the_per_class_reference(clip_mode, digits):
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
     # the two modes really differ, so each comparison above tests its own clip
     other = abs_from(
-        vaes, n_samples=300, clip=1.5, clip_mode="authors" if clip_mode == "project" else "project"
+        vaes, bank_size=300, clip=1.5, clip_mode="authors" if clip_mode == "project" else "project"
     )
     assert (other(x) - got).abs().max() > 1e-4
 
@@ -86,25 +86,25 @@ def test_clip_to_ball_in_both_modes():
     authors = clip_to_ball(z, 2.5, "authors")  # their clip_to_sphere drops the sign
     torch.testing.assert_close(authors, torch.tensor([[1.5, 2.0], [0.3, -0.4]]))
     with pytest.raises(ValueError, match="clip_mode"):
-        ABSDefense(clip_mode="sphere", n_samples=10)
+        ABSDefense(clip_mode="sphere", bank_size=10)
 
 
 def test_binary_abs_binarizes_and_scales(digits):
     vaes = random_reference_vaes(seed=1)
-    plain = abs_from(vaes, n_samples=200, n_iter=5)
+    plain = abs_from(vaes, bank_size=200, n_iter=5)
     binary = abs_from(
-        vaes, n_samples=200, n_iter=5, binarize_input=True, class_scalars=PUBLISHED_CLASS_SCALARS
+        vaes, bank_size=200, n_iter=5, binarize_input=True, class_scalars=PUBLISHED_CLASS_SCALARS
     )
     x = digits[0]
     expected = plain((x >= 0.5).float()) * torch.tensor(PUBLISHED_CLASS_SCALARS)
     torch.testing.assert_close(binary(x), expected)
     with pytest.raises(ValueError, match="class_scalars"):
-        ABSDefense(class_scalars=[1.0, 2.0], n_samples=10)
+        ABSDefense(class_scalars=[1.0, 2.0], bank_size=10)
 
 
 def test_published_weights_compute_the_authors_function(digits):
     x, y = digits
-    model = ABSDefense(pretrained=str(ABS_DIR), clip_mode="authors", n_samples=2000).eval()
+    model = ABSDefense(pretrained=str(ABS_DIR), clip_mode="authors", bank_size=2000).eval()
     reference = ReferenceABS(load_reference_vaes(ABS_DIR), model.bank_latents)
     with torch.no_grad():
         expected = reference(x)
@@ -119,12 +119,12 @@ def test_the_drawn_bank_is_the_published_one():
 
 def test_loading_errors_name_the_problem(tmp_path):
     with pytest.raises(WeightsError, match="not a directory"):
-        ABSDefense(pretrained=str(tmp_path / "nowhere"), n_samples=10)
+        ABSDefense(pretrained=str(tmp_path / "nowhere"), bank_size=10)
     with pytest.raises(WeightsError, match="ABS_0.net"):
-        ABSDefense(pretrained=str(tmp_path), n_samples=10)
+        ABSDefense(pretrained=str(tmp_path), bank_size=10)
     np.save(tmp_path / "bank.npy", np.zeros((5, 3), np.float32))
     with pytest.raises(WeightsError, match=r"\(5, 3\)"):
-        ABSDefense(latent_samples=str(tmp_path / "bank.npy"), n_samples=10)
+        ABSDefense(latent_samples=str(tmp_path / "bank.npy"), bank_size=10)
 
 
 def test_packing_gives_each_vae_only_its_own_class():
@@ -141,7 +141,7 @@ def test_packing_gives_each_vae_only_its_own_class():
 
 def test_a_training_step_updates_only_the_vaes_of_classes_in_the_batch():
     torch.manual_seed(0)
-    model = ABSDefense(n_samples=10)
+    model = ABSDefense(bank_size=10)
     y = torch.tensor([2, 2, 5, 5, 5])
     packed, mask = pack_by_class(torch.rand(5, 1, 28, 28), y)
     rec_error, kl = vae_loss_terms(model.vaes, packed, mask)
@@ -153,7 +153,7 @@ def test_a_training_step_updates_only_the_vaes_of_classes_in_the_batch():
 
 def test_one_training_run_of_the_ten_vaes(tmp_path):
     summary = run_train(
-        tiny_overrides("model=abs", "debug=fast", "model.n_samples=50", "model.n_iter=2"),
+        tiny_overrides("model=abs", "debug=fast", "model.bank_size=50", "model.n_iter=2"),
         tmp_path,
     )
     assert summary["model"] == "abs" and summary["steps"] == 1
@@ -170,7 +170,7 @@ def test_class_balanced_batches():
 
 def test_envelope_gradient_matches_finite_differences_of_the_bound(digits):
     torch.manual_seed(0)
-    model = ABSDefense(pretrained=str(ABS_DIR), n_samples=500, n_iter=5).double().eval()
+    model = ABSDefense(pretrained=str(ABS_DIR), bank_size=500, n_iter=5).double().eval()
     x = digits[0][:2].double().requires_grad_(True)
     out = model.infer(x)
     out.logits[:, 3].sum().backward()
@@ -205,7 +205,7 @@ def test_fitted_scalars_undo_a_class_penalty():
 
 
 def test_evaluate_writes_reconstructions_and_binary_abs_takes_an_abs_checkpoint(tmp_path):
-    small = ["model.n_samples=100", "model.n_iter=3"]
+    small = ["model.bank_size=100", "model.n_iter=3"]
     trained = run_train(tiny_overrides("model=abs", "debug=fast", *small), tmp_path / "train")
     summary = run_evaluate(
         tiny_overrides(
@@ -225,7 +225,7 @@ def test_evaluate_writes_reconstructions_and_binary_abs_takes_an_abs_checkpoint(
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_graph_replay_equals_plain_inference(digits):
-    kwargs = {"pretrained": str(ABS_DIR), "n_samples": 1000}
+    kwargs = {"pretrained": str(ABS_DIR), "bank_size": 1000}
     plain = ABSDefense(**kwargs).cuda().eval()
     graphed = ABSDefense(cuda_graphs=True, **kwargs).cuda().eval()
     x = digits[0].cuda()
@@ -256,7 +256,19 @@ def test_margins_and_error_matrix_of_the_class_specificity_figure():
     matrix = error_matrix(errors, np.array([0, 1, 1]))
     np.testing.assert_allclose(matrix[1], (errors[1] + errors[2]) / 2)
     assert np.isnan(matrix[2:]).all()  # no digits of those classes
-    assert figure({"a": (bounds, errors), "b": (bounds, errors)}, labels) is not None
+    fig = figure({"a": (bounds, errors), "b": (bounds, 3 * errors)}, labels)
+    assert len(fig.axes) == 4 + 3  # two models, difference, histogram; a colorbar per matrix
+    first, second, diff, histogram = fig.axes[:4]
+    assert [ax.get_title() for ax in (first, second, diff)] == [
+        "a: mean ||x - G_c(z*)||^2 / 784",
+        "b: mean ||x - G_c(z*)||^2 / 784",
+        "b - a",
+    ]
+    difference = diff.get_images()[0].get_array()
+    np.testing.assert_allclose(difference[0], 2 * errors[0])  # 3e - e: one digit of class 0
+    np.testing.assert_allclose(difference[1], errors[1] + errors[2])  # two of class 1, averaged
+    legend = [t.get_text() for t in histogram.get_legend().get_texts()]
+    assert legend == ["a (error 33.3%)", "b (error 33.3%)"]  # margins 1, -0.5, 0.5
 
 
 def test_the_speed_bench_says_why_it_skips_the_authors_code(tmp_path):

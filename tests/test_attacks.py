@@ -6,24 +6,33 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+from pathlib import Path
 
 import foolbox as fb
 import numpy as np
 import pytest
 import torch
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from abslab.attacks.base import EpsilonSearchAttack
-from abslab.attacks.distances import beyond, distance
+from abslab.attacks.distances import distance
 from abslab.attacks.gradient import IterativeAttack
 from abslab.attacks.harness import Outcome, run_attack
 from abslab.attacks.queries import GradientUnavailable, QueryModel
 from abslab.attacks.suite import instantiate_attack
 from abslab.models.cnn import CNNDefense
-from conftest import CONF, REFERENCE_MODELS, RaisingAttack, run_evaluate, tiny_overrides
+from abslab.results.attack_summary import beyond
+from conftest import (
+    CONF,
+    REFERENCE_MODELS,
+    RaisingAttack,
+    compose_config,
+    plain_distance,
+    run_evaluate,
+    tiny_overrides,
+)
 
 PRETRAINED = f"model.pretrained={REFERENCE_MODELS / 'cnn'}"
-SUBSTITUTE = str(REFERENCE_MODELS / "cnn" / "transfer_cnn.net")
 
 # Each attack at a tiny budget, so the whole suite runs in seconds on CPU.
 TINY = {
@@ -40,8 +49,9 @@ TINY = {
     "pointwise": {"init_epsilons": 20, "init_repetitions": 1, "repetitions": 1},
     "pointwise_l2": {"init_epsilons": 20, "init_repetitions": 1, "repetitions": 1},
     "salt_pepper": {"epsilons": 20, "repetitions": 2},
-    "transfer_l2": {"substitute_attacks": ["fgm"], "substitute_weights": SUBSTITUTE},
-    "transfer_linf": {"substitute_attacks": ["fgsm"], "substitute_weights": SUBSTITUTE},
+    # nested substitute attacks by their path; null drops one
+    "transfer_l2": {"substitute_attacks.deepfool_l2": None, "substitute_attacks.bim_l2": None},
+    "transfer_linf": {"substitute_attacks.deepfool_linf": None, "substitute_attacks.bim": None},
 }
 # The _ge attacks: their base's budget; tests/test_paper_attacks.py runs each on a CNN small
 # enough to be queried 1,568 times a gradient.
@@ -68,14 +78,24 @@ SKIPPED_ON_CNN = {
 }
 
 
+def attack_config(name: str, settings: dict | None = None) -> DictConfig:
+    """conf/attack/<name>.yaml as evaluate.py composes it (the published transfer substitute),
+    with `settings` (dotted keys) set."""
+    overrides = [f"attack={name}", f"published_root={REFERENCE_MODELS}"]
+    spec = compose_config("evaluate", overrides, Path("unused")).attack[name]
+    with open_dict(spec):
+        for key, value in (settings or {}).items():
+            OmegaConf.update(spec, key, value, merge=False)
+    return spec
+
+
 def tiny_attack(name: str):
-    spec = OmegaConf.load(CONF / "attack" / f"{name}.yaml")[name]
-    return instantiate_attack(name, OmegaConf.merge(spec, TINY[name]))
+    return instantiate_attack(name, attack_config(name, TINY[name]))
 
 
 def _override_value(value) -> str:
-    if isinstance(value, list):
-        return f"[{','.join(value)}]"
+    if value is None:
+        return "null"
     return str(value).lower() if isinstance(value, bool) else str(value)
 
 
@@ -96,7 +116,9 @@ def test_batch(mnist_arrays):
 
 
 def test_every_configured_attack_has_a_tiny_budget_here():
-    configured = {p.stem for p in (CONF / "attack").glob("*.yaml")} - {"none", "latent_descent"}
+    suite_files = {"none", "l2", "linf", "l0"}  # a norm's suite, and no attack
+    configured = {p.stem for p in (CONF / "attack").glob("*.yaml")} - suite_files
+    configured -= {"latent_descent"}
     assert configured == set(TINY)
     suites = {a for norm in NORM_SUITES for a in NORM_SUITES[norm] + SKIPPED_ON_CNN[norm]}
     assert suites | {"pgd"} == set(TINY) | {"latent_descent"}
@@ -118,7 +140,7 @@ def test_attack_breaks_the_cnn_with_verified_rows_and_repeats_for_a_seed(name, c
     with torch.no_grad():
         assert (cnn(adv).argmax(1) != y[first.success]).all()
     assert torch.equal(first.adv_pred[first.success], cnn(adv).argmax(1))
-    measured = distance(adv, x[first.success], attack.norm)
+    measured = plain_distance(adv, x[first.success], attack.norm)
     assert torch.allclose(measured, first.distance[first.success])
     assert torch.isinf(first.distance[~first.success]).all()
     assert (first.queries > 0).all()
@@ -242,7 +264,7 @@ def test_evaluate_runs_each_norms_suite_and_writes_every_file(tmp_path, cnn, mni
         with torch.no_grad():
             assert torch.equal(cnn(images).argmax(1), torch.from_numpy(smallest["adv_pred"]))
         assert (smallest["adv_pred"] != smallest["label"]).all()
-        measured = distance(images, originals, norm).numpy()
+        measured = plain_distance(images, originals, norm).numpy()
         assert np.allclose(measured, smallest["distance"], rtol=1e-6)
         for png in ("robustness_curve.png", "adversarials.png"):
             assert (run_dir / png).stat().st_size > 0
@@ -326,7 +348,7 @@ def test_attack_and_norm_mistakes_are_named(tmp_path):
 
 def test_gradient_attacks_on_a_model_without_gradients(tmp_path):
     with pytest.raises(
-        ValueError, match="(?s)model=nearest_neighbor has no input gradient.*boundary"
+        ValueError, match="(?s)model=nearest_neighbor has no input gradient.*norm=l2's whole suite"
     ):
         run_evaluate(
             tiny_overrides("model=nearest_neighbor", "norm=l2", "attack=fgm"), tmp_path / "a"
@@ -351,6 +373,8 @@ class _MeanThreshold(torch.nn.Module):
 
     gradient = "none"
     name = "mean_threshold"
+    binarize_input = False
+    reconstructs = False
 
     def forward(self, x):
         margin = x.flatten(1).mean(1) - 0.2
@@ -360,7 +384,7 @@ class _MeanThreshold(torch.nn.Module):
 class _Shift(EpsilonSearchAttack):
     norms = ("linf",)
 
-    def candidates(self, model, x, y):
+    def make_candidate(self, model, x, y):
         return lambda rows, eps: (x[rows] + eps.reshape(-1, 1, 1, 1)).clamp(0, 1)
 
 
@@ -387,6 +411,8 @@ def test_a_defense_raising_on_nan_inside_an_attack_becomes_error_rows(cnn, test_
     class NaNInside(torch.nn.Module):
         gradient = "exact"
         name = "nan_inside"
+        binarize_input = False
+        reconstructs = False
 
         def forward(self, x):
             if x.requires_grad:
@@ -408,4 +434,4 @@ def test_max_queries_stops_an_attack_and_keeps_what_it_met(cnn, test_batch):
     outcome = run_attack(attack, cnn, x, y, clean, seed=0)
     assert (outcome.queries <= 25).all() and outcome.error == [""] * len(x)
     assert outcome.success.sum() >= len(x) // 2  # the salt-and-pepper starts it met
-    assert attack.budget()["max_queries"] == 25
+    assert attack.settings()["max_queries"] == 25

@@ -89,11 +89,11 @@ def test_nearest_neighbor_needs_no_weights(tmp_path):
     assert summary["n_samples"] == 50 and summary["clean_accuracy"] > 0.9
 
 
-def test_summary_table_reads_run_dirs(tmp_path):
-    from abslab.results.summary_table import summary_table
+def test_runs_table_reads_run_dirs(tmp_path):
+    from abslab.results.tables import runs_table
 
     run_evaluate(tiny_overrides("model=nearest_neighbor", "data.test_samples=10"), tmp_path / "a")
-    table = summary_table([tmp_path / "a"]).splitlines()
+    table = runs_table([tmp_path / "a"]).splitlines()
     assert table[0].startswith("| model | samples | clean acc.")
     assert table[2].startswith("| nearest_neighbor | 10 | ")
 

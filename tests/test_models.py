@@ -156,7 +156,7 @@ def test_a_nan_loss_stops_training_with_advice():
 
 
 def test_pgd_raises_the_loss_and_leaves_parameter_gradients_alone():
-    from abslab.attacks.gradient import iterate
+    from abslab.models.projected_gradient import iterate
 
     model = MadryDefense()
     x, y = torch.rand(16, 1, 28, 28), torch.randint(0, 10, (16,))

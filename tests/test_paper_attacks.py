@@ -6,19 +6,24 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from omegaconf import OmegaConf
 from torch import nn
 
-from abslab.attacks.distances import distance
 from abslab.attacks.estimators import GradientEstimator
-from abslab.attacks.gradient import IterativeAttack, input_gradient
+from abslab.attacks.gradient import IterativeAttack
 from abslab.attacks.harness import run_attack
 from abslab.attacks.queries import QueryModel
 from abslab.attacks.suite import instantiate_attack
-from abslab.attacks.transfer import load_substitute
 from abslab.models.cnn import CNNDefense
 from abslab.models.pretrained import WeightsError
-from conftest import CONF, REFERENCE_MODELS, run_evaluate, run_train, tiny_overrides
+from abslab.models.projected_gradient import input_gradient
+from conftest import (
+    REFERENCE_MODELS,
+    compose_config,
+    plain_distance,
+    run_evaluate,
+    run_train,
+    tiny_overrides,
+)
 
 TRANSFER_NET = REFERENCE_MODELS / "cnn" / "transfer_cnn.net"
 
@@ -44,6 +49,8 @@ class ScoresOnly(nn.Module):
 
     gradient = "none"
     name = "scores_only"
+    binarize_input = False
+    reconstructs = False
 
     def __init__(self, net: nn.Module) -> None:
         super().__init__()
@@ -105,6 +112,7 @@ def tiny_cnn(mnist_arrays):
         nn.functional.cross_entropy(net(x[batch]), y[batch]).backward()
         optimizer.step()
     net.gradient, net.name = "exact", "tiny_cnn"
+    net.binarize_input, net.reconstructs = False, False  # the Defense contract's flags
     return net.eval()
 
 
@@ -121,13 +129,12 @@ GE_ATTACKS = [
 
 @pytest.mark.parametrize("name", GE_ATTACKS)
 def test_each_ge_attack_breaks_a_cnn_it_can_only_query(name, tiny_cnn, mnist_arrays):
-    from test_attacks import TINY
+    from test_attacks import tiny_attack
 
     x, y = _images(mnist_arrays, 6)
     with torch.no_grad():
         clean = tiny_cnn(x).argmax(1)
-    spec = OmegaConf.load(CONF / "attack" / f"{name}.yaml")[name]
-    attack = instantiate_attack(name, OmegaConf.merge(spec, TINY[name]))
+    attack = tiny_attack(name)
     assert attack.estimator == GradientEstimator("coordinate", 0.1)
     blind = ScoresOnly(tiny_cnn)
     outcome = run_attack(attack, blind, x, y, clean, seed=0)
@@ -137,7 +144,7 @@ def test_each_ge_attack_breaks_a_cnn_it_can_only_query(name, tiny_cnn, mnist_arr
     adv = outcome.adversarial[outcome.success]
     with torch.no_grad():
         assert (tiny_cnn(adv).argmax(1) != y[outcome.success]).all()
-    measured = distance(adv, x[outcome.success], attack.norm)
+    measured = plain_distance(adv, x[outcome.success], attack.norm)
     assert torch.allclose(measured, outcome.distance[outcome.success])
     assert (outcome.queries[attacked] >= 2 * 784).all()
 
@@ -166,15 +173,20 @@ def test_bim_ge_reaches_bims_accuracy_without_autograd_on_the_model(tiny_cnn, mn
 
 
 def test_estimator_settings_are_checked():
-    with pytest.raises(ValueError, match="estimator='finite'"):
+    from test_attacks import attack_config
+
+    with pytest.raises(ValueError, match="kind='finite'"):
         GradientEstimator("finite")
-    with pytest.raises(ValueError, match="ge_samples=7"):
+    with pytest.raises(ValueError, match="samples=7: must be an even integer >= 2"):
         GradientEstimator("antithetic", samples=7)
-    with pytest.raises(ValueError, match="ge_step=0"):
+    with pytest.raises(ValueError, match=r"step=0: must be a number in \(0, 1\]"):
         GradientEstimator(step=0)
-    spec = OmegaConf.load(CONF / "attack" / "gaussian_noise.yaml")["gaussian_noise"]
+    with pytest.raises(ValueError, match="samples=10: must be null for kind=coordinate"):
+        GradientEstimator("coordinate", samples=10)
+    coordinate = {"kind": "coordinate", "step": 0.1, "samples": None}
+    spec = attack_config("gaussian_noise", {"estimator": coordinate})
     with pytest.raises(ValueError, match="takes no gradients"):
-        instantiate_attack("gaussian_noise", OmegaConf.merge(spec, {"estimator": "coordinate"}))
+        instantiate_attack("gaussian_noise", spec)
 
 
 def test_transfer_asks_the_target_for_decisions_only(vanilla_cnn, mnist_arrays, monkeypatch):
@@ -199,8 +211,9 @@ def test_transfer_asks_the_target_for_decisions_only(vanilla_cnn, mnist_arrays, 
 
     monkeypatch.setattr(QueryModel, "predict", spying_predict)
     monkeypatch.setattr(QueryModel, "forward", spying_forward)
-    spec = OmegaConf.load(CONF / "attack" / "transfer_linf.yaml")["transfer_linf"]
-    spec = OmegaConf.merge(spec, {"substitute_weights": str(TRANSFER_NET)})
+    from test_attacks import attack_config
+
+    spec = attack_config("transfer_linf")
     outcome = run_attack(instantiate_attack("transfer_linf", spec), vanilla_cnn, x, y, clean, 0)
     assert target_calls and all(target_calls)
     assert outcome.error == [""] * len(x)
@@ -208,34 +221,36 @@ def test_transfer_asks_the_target_for_decisions_only(vanilla_cnn, mnist_arrays, 
     adv = outcome.adversarial[outcome.success]
     with torch.no_grad():
         assert (vanilla_cnn(adv).argmax(1) != y[outcome.success]).all()
-    measured = distance(adv, x[outcome.success], "linf")
+    measured = plain_distance(adv, x[outcome.success], "linf")
     assert torch.allclose(measured, outcome.distance[outcome.success])
     # three substitute attacks, each followed by a short search on the target
     assert (outcome.queries > 10).all() and (outcome.queries < 3 * 45).all()
 
 
 def test_transfer_from_a_substitute_trained_here(tmp_path, mnist_arrays):
-    """model=transfer_cnn trains the substitute; its checkpoint serves as substitute_weights."""
+    """model=transfer_cnn trains the substitute; its checkpoint serves as substitute_ckpt."""
     run_train(
         tiny_overrides("model=transfer_cnn", "trainer.max_epochs=1", "seed=0"), tmp_path / "sub"
     )
     ckpt = tmp_path / "sub" / "checkpoints" / "last.ckpt"
-    substitute = load_substitute("transfer_cnn", str(ckpt))
-    assert sum(p.numel() for p in substitute.parameters()) == 52_010
     summary = run_evaluate(
         tiny_overrides(
             "model=nearest_neighbor",
             "data.test_samples=6",
             "norm=l2",
             "attack=[transfer_l2,fgm,fgm_ge]",
-            f"attack.transfer_l2.substitute_weights={ckpt}",
-            "attack.transfer_l2.substitute_attacks=[fgm]",
-            "attack.fgm_ge.estimator=antithetic",
-            "attack.fgm_ge.ge_samples=50",
+            f"attack.transfer_l2.substitute_ckpt={ckpt}",
+            "attack.transfer_l2.substitute_attacks.deepfool_l2=null",
+            "attack.transfer_l2.substitute_attacks.bim_l2=null",
+            "estimator@attack.fgm_ge.estimator=antithetic",
+            "attack.fgm_ge.estimator.samples=50",
             "figure_samples=0",
         ),
         tmp_path / "nn",
     )
+    transfer = summary["budgets"]["transfer_l2"]
+    assert transfer["substitute_weights"] == str(ckpt)
+    assert list(transfer["substitute_attacks"]) == ["fgm"]
     # nearest_neighbor has no gradient: fgm is skipped, its estimated twin and transfer run
     assert set(summary["skipped_attacks"]) == {"fgm"}
     for name in ("transfer_l2", "fgm_ge"):
@@ -244,29 +259,24 @@ def test_transfer_from_a_substitute_trained_here(tmp_path, mnist_arrays):
 
 
 def test_substitute_mistakes_are_named(tmp_path):
-    with pytest.raises(ValueError, match="substitute_model='transfer' is not in conf/model.*"):
-        load_substitute("transfer", str(TRANSFER_NET))
-    with pytest.raises(WeightsError, match="substitute_weights=.*missing.net does not exist"):
-        load_substitute("transfer_cnn", str(tmp_path / "missing.net"))
-    # the authors' file into the wrong layout (Hydra wraps the WeightsError it raises)
-    with pytest.raises(Exception, match="transfer_cnn.net does not fit ConvNet"):
-        load_substitute("cnn", str(TRANSFER_NET))
-    with pytest.raises(WeightsError, match="substitute_model=nearest_neighbor loads no published"):
-        load_substitute("nearest_neighbor", str(TRANSFER_NET))
+    from test_attacks import attack_config
+
+    missing = attack_config("transfer_l2", {"substitute_ckpt": str(tmp_path / "missing.ckpt")})
+    with pytest.raises(WeightsError, match="missing.ckpt"):
+        instantiate_attack("transfer_l2", missing)
+    no_gradient = attack_config("transfer_l2")
+    no_gradient.substitute = compose_config("evaluate", ["model=nearest_neighbor"], tmp_path).model
+    with pytest.raises(ValueError, match="model=nearest_neighbor has no input gradient"):
+        instantiate_attack("transfer_l2", no_gradient)
+    dropped = {f"substitute_attacks.{name}": None for name in ("fgm", "deepfool_l2", "bim_l2")}
+    with pytest.raises(ValueError, match="substitute_attacks has none left"):
+        instantiate_attack("transfer_l2", attack_config("transfer_l2", dropped))
 
 
 def test_a_ge_attack_reports_its_estimator_under_its_config_keys():
-    spec = OmegaConf.load(CONF / "attack" / "bim_ge.yaml")["bim_ge"]
-    attack = instantiate_attack("bim_ge", OmegaConf.merge(spec, {"estimator": "antithetic"}))
-    budget = attack.budget()
-    assert (budget["estimator"], budget["ge_step"], budget["ge_samples"]) == (
-        "antithetic",
-        0.1,
-        100,
-    )
-    assert (
-        "estimator"
-        not in instantiate_attack(
-            "bim", OmegaConf.load(CONF / "attack" / "bim.yaml")["bim"]
-        ).budget()
-    )
+    from test_attacks import attack_config
+
+    antithetic = {"kind": "antithetic", "step": 0.1, "samples": 100}
+    attack = instantiate_attack("bim_ge", attack_config("bim_ge", {"estimator": antithetic}))
+    assert attack.settings()["estimator"] == {"kind": "antithetic", "step": 0.1, "samples": 100}
+    assert "estimator" not in instantiate_attack("bim", attack_config("bim")).settings()

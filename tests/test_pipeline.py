@@ -9,6 +9,7 @@ import json
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -21,13 +22,17 @@ DATA = [
     "trainer.enable_progress_bar=false",
     "logger=none",
 ]
-TINY_ABS = ["++model.n_iter=2", "++model.n_samples=100"]  # ++: also in a sweep over models
+TINY_ABS = ["++model.n_iter=2", "++model.bank_size=100"]  # ++: also in a sweep over models
+
+# The scripts by their path, run from a tmp_path: what a run writes relative to its working
+# directory (Hydra's multirun folder, the report's W&B run) stays out of the checkout.
+TRAIN, EVALUATE = str(REPO / "train.py"), str(REPO / "evaluate.py")
 
 
-def _run(args: list[str]) -> str:
+def _run(args: list[str], cwd: Path) -> str:
     start = time.time()
     result = subprocess.run(
-        [sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=600
+        [sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=600
     )
     print(f"{time.time() - start:6.1f} s  {' '.join(args[:4])}")
     assert result.returncode == 0, result.stderr[-3000:]
@@ -37,10 +42,10 @@ def _run(args: list[str]) -> str:
 @pytest.mark.slow
 def test_train_all_sweep_report(tmp_path):
     registry = tmp_path / "models"
-    sweeps = tmp_path / "sweeps"
+    sweeps = tmp_path / "results" / "sweeps"  # where the report counts cells as not legacy
     train = [f"registry={registry}", "trainer.max_steps=2", "test_after_fit=false", *DATA]
-    _run(["train.py", "-m", "experiment=cnn,binary_cnn,madry,transfer_cnn", *train])
-    _run(["train.py", "experiment=abs", *TINY_ABS, *train])
+    _run([TRAIN, "-m", "experiment=cnn,binary_cnn,madry,transfer_cnn", *train], tmp_path)
+    _run([TRAIN, "experiment=abs", *TINY_ABS, *train], tmp_path)
     for name in ("cnn", "binary_cnn", "madry", "transfer_cnn", "abs"):
         assert (registry / name / "weights.ckpt").is_file(), name
     scalars = json.loads((registry / "abs" / "weights.scalars.json").read_text())
@@ -55,12 +60,13 @@ def test_train_all_sweep_report(tmp_path):
     ]
     baselines = "model=cnn,binary_cnn,nearest_neighbor,madry"
     for paper in ("table1_l2", "table1_linf", "table1_l0", "figure_distal"):
-        _run(["evaluate.py", "-m", f"+paper={paper}", baselines, *sweep])
-        _run(["evaluate.py", "-m", f"+paper={paper}", "model=abs,binary_abs", *TINY_ABS, *sweep])
+        _run([EVALUATE, "-m", f"+paper={paper}", baselines, *sweep], tmp_path)
+        run_abs = [EVALUATE, "-m", f"+paper={paper}", "model=abs,binary_abs", *TINY_ABS, *sweep]
+        _run(run_abs, tmp_path)
 
     linf = sweeps / "table1_linf_own_smoke"
     before = (linf / "cnn_0" / "per_sample.csv").read_text()
-    log = _run(["evaluate.py", "-m", "+paper=table1_linf", "model=cnn", *sweep])
+    log = _run([EVALUATE, "-m", "+paper=table1_linf", "model=cnn", *sweep], tmp_path)
     assert "3 of 3 samples are finished" in log
     assert (linf / "cnn_0" / "per_sample.csv").read_text() == before
 
@@ -80,7 +86,8 @@ def test_train_all_sweep_report(tmp_path):
             str(out),
             "--wandb",
             "offline",
-        ]
+        ],
+        tmp_path,
     )
     table = out.with_suffix(".md").read_text()
     for block in ("## L2", "## L∞", "## L0", "## Distal adversarials"):

@@ -1,23 +1,62 @@
 """python -m abslab.report: shards merge into one cell, overlaps, gaps and unfinished shards are
-refused with the fix, and the table, its CSV/TeX and figures are written from the run dirs."""
+refused with the fix; models and norms are shown as their cards say (recorded, from conf, or a
+default card), never dropped; legacy cells name their source; the committed tables regenerate
+byte for byte with the README's commands."""
 
 from __future__ import annotations
 
+import glob
 import json
 import math
+import pickle
+import shlex
 
 import numpy as np
 import pytest
 
-from abslab.report import ReportError, report
+from abslab.report import ReportError, main, report
+from abslab.results.cells import build_cells, find_runs
+from abslab.results.figures import curves_figure
 from abslab.results.per_sample import append_rows
+from conftest import REPO
 
-NORM = {"name": "linf", "threshold": 0.3, "curve_max": 0.5, "curve_points": 11}
+NORM = {"name": "linf", "threshold": 0.3, "curve_max": 0.5, "curve_points": 11}  # pre-card run
+# A norm and a model conf/ does not know, with the cards their runs recorded.
+L3 = {
+    "name": "l3",
+    "title": "L3",
+    "column": 4,
+    "unit": " (units)",
+    "paper_curves": "L3",
+    "threshold": 0.5,
+    "curve_max": 1.0,
+    "curve_points": 11,
+}
+WAVELET = {
+    "name": "wavelet_net",
+    "card": {
+        "label": "Wavelet Net",
+        "column": 7,
+        "color": "tab:green",
+        "line": "-.",
+        "paper": {"l3": [0.5, 0.25]},
+    },
+}
 
 
-def fake_run(root, model, first, n, distances, attacks=("fgsm", "bim"), weights="own"):
+def fake_run(
+    root,
+    model,
+    first,
+    n,
+    distances,
+    attacks=("fgsm", "bim"),
+    weights="own",
+    norm=NORM,
+    model_config=None,
+):
     """A finished run dir of `model` on test images [first, first + n): per attack, sample i
-    has distance distances[i] (the second attack 0.01 farther)."""
+    has distance distances[i] (the second attack 0.01 farther), 3 queries and 0.25 s."""
     run_dir = root / f"{model}_{first}"
     run_dir.mkdir(parents=True)
     rows = []
@@ -34,20 +73,23 @@ def fake_run(root, model, first, n, distances, attacks=("fgsm", "bim"), weights=
                     adv_pred=(i + 1) % 10,
                     distance=d,
                     queries=3,
-                    seconds=0.1,
+                    seconds=0.25,
                     error="",
                 )
             )
     append_rows(run_dir / "per_sample.csv", rows)
+    config = {"data": {"test_offset": first, "test_samples": n}, "norm": norm}
+    if model_config is not None:
+        config["model"] = model_config
     summary = {
         "model": model,
-        "norm": "linf",
+        "norm": norm["name"],
         "n_samples": n,
         "weights": weights,
         "budget": "smoke",
         "attacks": {a: {} for a in [*attacks, "all"]},
         "budgets": {},
-        "config": {"data": {"test_offset": first, "test_samples": n}, "norm": NORM},
+        "config": config,
         "command": "python evaluate.py",
         "commit": "abc",
         "hardware": "cpu",
@@ -68,7 +110,7 @@ def fake_run(root, model, first, n, distances, attacks=("fgsm", "bim"), weights=
 
 
 def test_shards_merge_into_one_cell_with_the_papers_figure_beside(tmp_path):
-    sweep = tmp_path / "table1_linf_own_smoke"
+    sweep = tmp_path / "results" / "sweeps" / "table1_linf_own_smoke"
     fake_run(sweep, "madry", 0, 2, [0.1, 0.4])
     fake_run(sweep, "madry", 2, 2, [0.5, float("inf")])
     fake_run(sweep, "cnn", 0, 4, [0.05, 0.07, 0.0, 0.09])
@@ -76,14 +118,87 @@ def test_shards_merge_into_one_cell_with_the_papers_figure_beside(tmp_path):
     text = md.read_text()
     # madry: distances 0.1, 0.4, 0.5, inf -> median 0.45, 3 of 4 beyond 0.3
     assert "| **all attacks** | 0.06 / 0% | 0.45 / 75% |" in text
+    # old runs record no card: labels and the paper's numbers come from conf/model
+    assert "| attack | CNN | Madry et al. |" in text
     assert "| paper, all attacks | 0.075 / 0% | 0.34 / 87% |" in text
     assert "+32% / -12 pts **!**" in text  # 0.45 vs 0.34, 75% vs 87%
     assert "| N / budget | 4 / smoke | 4 / smoke |" in text
+    assert "legacy" not in text.split("## L∞")[1]
     csv_text = (tmp_path / "out" / "table1.csv").read_text()
-    assert "linf,madry,all,0.45,0.75,4,smoke,0.34,0.87" in csv_text
+    # madry, all: 4 samples, 3 broken, 1 not; 2 attacks x 3 queries, 2 x 0.25 s per sample
+    assert "linf,madry,all,0.45,0.75,4,smoke,0.34,0.87,3,1,0,6.0,0.5," in csv_text
+    assert "linf,madry,fgsm,0.45,0.75,4,smoke,,,3,1,0,3.0,0.25," in csv_text
     assert "\\begin{tabular}" in (tmp_path / "out" / "table1.tex").read_text()
     for name in ("table1_curves.png", "table1_gallery_linf.png"):
         assert (tmp_path / "out" / name).stat().st_size > 1000
+
+
+def new_model_and_norm(root):
+    """A sweep with Madry under L-inf (an old run), and under a norm conf does not know (its
+    card recorded): a model conf does not know (card recorded) and one with no card at all."""
+    sweep = root / "results" / "sweeps" / "new"
+    fake_run(sweep, "madry", 0, 4, [0.1, 0.4, 0.5, float("inf")])
+    fake_run(sweep / "l3", "wavelet_net", 0, 4, [0.2, 0.6, float("inf"), 0.0], norm=L3,
+             model_config=WAVELET)  # fmt: skip
+    fake_run(sweep / "l3", "mystery", 0, 2, [0.3, 0.9], norm=L3)
+    return sweep
+
+
+def test_a_new_model_and_norm_are_shown_in_every_table_and_the_curves(tmp_path):
+    sweep = new_model_and_norm(tmp_path)
+    md = report([sweep], tmp_path / "out" / "t", "T", wandb_mode="disabled").read_text()
+    l3 = md.split("## L3")[1]
+    assert md.index("## L∞") < md.index("## L3")  # norm columns: linf 2, l3 4
+    assert "| attack | Wavelet Net | mystery |" in l3  # card column 7, then no column
+    # wavelet_net, all = per-sample minimum = 0.2, 0.6, inf, 0: median 0.4, 2 of 4 beyond 0.5
+    assert "| **all attacks** | 0.4 / 50% | 0.6 / 50% |" in l3  # mystery: 0.3, 0.9
+    assert "| paper, all attacks | 0.5 / 25% |  |" in l3
+    assert "| difference | -20% / +25 pts **!** |  |" in l3
+    assert "Cells: median adversarial distance / accuracy at the threshold (L∞ 0.3, L3 0.5)" in md
+    csv_text = (tmp_path / "out" / "t.csv").read_text()
+    assert "l3,wavelet_net,all,0.4,0.5,4,smoke,0.5,0.25,3,1,0,6.0,0.5," in csv_text
+    assert "l3,mystery,all,0.6,0.5,2,smoke,,,2,0,0,6.0,0.5," in csv_text
+    tex = (tmp_path / "out" / "t.tex").read_text()
+    assert " & Madry et al. & Wavelet Net & mystery \\\\" in tex
+    assert "\\multicolumn{4}{l}{l3} \\\\" in tex
+    assert "all attacks &  & 0.4 / 50\\% & 0.6 / 50\\% \\\\" in tex
+    cells = build_cells(find_runs([sweep])[0])
+    figure = curves_figure(cells, None)
+    titles = [axis.get_title() for axis in figure.axes]
+    assert titles == ["L∞, all attacks (circles: the paper's numbers)",
+                      "L3, all attacks (circles: the paper's numbers)"]  # fmt: skip
+    l3_axis = figure.axes[1]
+    assert l3_axis.get_xlabel() == "L3 distance (units)"
+    legend = [t.get_text() for t in l3_axis.get_legend().get_texts()]
+    assert legend == ["Wavelet Net (N=4)", "mystery (N=2)"]
+    colors = {line.get_label(): line.get_color() for line in l3_axis.get_lines()}
+    assert colors["Wavelet Net (N=4)"] == "tab:green"
+    assert colors["mystery (N=2)"] not in ("tab:green", "tab:orange", "black")
+
+
+def test_the_tables_do_not_change_between_runs_nor_with_the_papers_curves(tmp_path):
+    sweep = new_model_and_norm(tmp_path)
+    curves = tmp_path / "figures"
+    curves.mkdir()
+    for stem, label in (("L3", "Wavelet Net"), ("Linf", "Madry et al.")):
+        data = {label: {"x": [0.0, 0.5, 1.0], "y": [100.0, 30.0, 0.0]}}
+        (curves / f"{stem}_accuracy_distortion_curves.pickle").write_bytes(pickle.dumps(data))
+    outputs = []
+    out = tmp_path / "out" / "t"
+    for paper in (None, curves, None):
+        report([sweep], out, "T", paper_curves=paper, wandb_mode="disabled")
+        outputs.append([out.with_suffix(s).read_text() for s in (".md", ".csv", ".tex")])
+    assert outputs[0] == outputs[1] == outputs[2]
+    assert str(curves) not in outputs[0][0]
+
+
+def test_a_cell_from_outside_the_sweeps_is_marked_legacy_with_its_source(tmp_path):
+    old = fake_run(tmp_path / "attack_runs", "madry", 0, 2, [0.1, 0.4])
+    main([str(old), "--out", str(tmp_path / "out" / "one"), "--wandb", "disabled"])
+    md, csv_text, tex = ((tmp_path / "out" / f"one.{s}").read_text() for s in ("md", "csv", "tex"))
+    assert f"| N / budget | 2 / smoke, legacy: {old} |" in md
+    assert csv_text.splitlines()[1].endswith(f",{old}")
+    assert "legacy: " + str(old).replace("_", "\\_") in tex
 
 
 def test_overlapping_missing_and_unfinished_shards_are_refused(tmp_path):
@@ -119,3 +234,33 @@ def test_overlapping_missing_and_unfinished_shards_are_refused(tmp_path):
     fake_run(mixed / "b", "cnn", 0, 2, [0.1] * 2, weights="published")
     with pytest.raises(ReportError, match="different weights"):
         report([mixed], tmp_path / "o", "T", wandb_mode="disabled")
+
+
+def readme_report_commands() -> list[list[str]]:
+    """The README's commands that write the committed tables (results/table1*), as argv."""
+    lines = (REPO / "README.md").read_text().splitlines()
+    commands = [
+        shlex.split(line, comments=True)
+        for line in lines
+        if line.startswith("python -m abslab.report results/") and "--out results/table1" in line
+    ]
+    assert len(commands) == 2, commands
+    return [c[3:] for c in commands]
+
+
+def test_the_committed_tables_regenerate_byte_for_byte_with_the_readmes_commands(
+    tmp_path, monkeypatch
+):
+    """The README's commands, run where results/ holds only the committed runs and notes, write
+    the committed results/table1*.md, .csv and .tex exactly."""
+    (tmp_path / "results").mkdir()
+    for name in ("sweeps", "attack_runs", "table1_notes.md"):
+        (tmp_path / "results" / name).symlink_to(REPO / "results" / name)
+    monkeypatch.chdir(tmp_path)
+    for argv in readme_report_commands():
+        words = [w for pattern in argv for w in (sorted(glob.glob(pattern)) or [pattern])]
+        main([*words, "--wandb", "disabled"])
+        out = words[words.index("--out") + 1]
+        for suffix in (".md", ".csv", ".tex"):
+            written = (tmp_path / (out + suffix)).read_bytes()
+            assert written == (REPO / (out + suffix)).read_bytes(), out + suffix

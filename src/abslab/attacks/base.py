@@ -71,59 +71,42 @@ class Attack:
             )
         return None
 
-    def budget(self) -> dict[str, Any]:
-        """The attack's settings, for results files."""
+    def settings(self) -> dict[str, Any]:
+        """The attack's settings under their config keys, for results files (JSON values)."""
         hidden = ("name", "max_queries", "estimator", "skip_exact_gradients")
         settings = {k: v for k, v in vars(self).items() if k[0] != "_" and k not in hidden}
-        return {"max_queries": self.max_queries, **settings, **self._estimator_keys()}
-
-    def _estimator_keys(self) -> dict[str, Any]:
-        """The estimator under its config keys, so results compare it with conf/attack."""
-        if self.estimator is None:
-            return {}
-        kind, step, samples = self.estimator.kind, self.estimator.step, self.estimator.samples
-        return {"estimator": kind, "ge_step": step, "ge_samples": samples}
+        if self.estimator is not None:
+            kind, step, samples = self.estimator.kind, self.estimator.step, self.estimator.samples
+            settings["estimator"] = {"kind": kind, "step": step, "samples": samples}
+            settings["skip_exact_gradients"] = self.skip_exact_gradients
+        return {"max_queries": self.max_queries, **settings}
 
 
-class EpsilonSearchAttack(Attack):
-    """A fixed-epsilon attack made into a smallest-adversarial one (foolbox 1.3's semantics,
-    which foolbox 3 dropped: its fixed-epsilon attacks take a list of epsilons).
+class SearchAttack(Attack):
+    """The bracket-then-bisect search over a per-sample scale eps that fixed-epsilon attacks
+    and the transfer share (foolbox 1.3's semantics, which foolbox 3 dropped: its fixed-epsilon
+    attacks take a list of epsilons).
 
-    Per sample, batched: epsilon starts at `eps_start` and grows by `growth` up to
-    `bracket_steps` times until the attack succeeds (capped at `eps_max`), then
-    `bisect_steps` bisections between the last failure and the first success. Subclasses
-    give `candidates(model, x, y) -> Candidate`. Every candidate is queried, so the
-    QueryModel keeps the smallest adversarial met.
+    Per sample, batched: eps grows by `growth` from its start up to `bracket_steps` times until
+    the candidate is adversarial (capped at `eps_max`), then `bisect_steps` bisections between
+    the last failure and the first success. Every candidate is queried, so the QueryModel keeps
+    the smallest adversarial met. Valid values: abslab.attacks.ranges, checked by the suite.
     """
 
     def __init__(
         self,
         name: str,
         norm: str,
-        eps_start: float,
         growth: float = 1.5,
         bracket_steps: int = 20,
         bisect_steps: int = 20,
         eps_max: float | None = None,
     ) -> None:
         super().__init__(name, norm)
-        if eps_start <= 0 or growth <= 1 or bracket_steps < 1 or bisect_steps < 0:
-            raise ValueError(
-                f"attack {name}: eps_start={eps_start} must be > 0, growth={growth} > 1, "
-                f"bracket_steps={bracket_steps} >= 1 and bisect_steps={bisect_steps} >= 0."
-            )
-        self.eps_start = eps_start
         self.growth = growth
         self.bracket_steps = bracket_steps
         self.bisect_steps = bisect_steps
         self.eps_max = eps_max if eps_max is not None else {"linf": 1.0, "l2": 28.0}[norm]
-
-    def candidates(self, model: QueryModel, x: torch.Tensor, y: torch.Tensor) -> Candidate:
-        raise NotImplementedError
-
-    def run(self, model: QueryModel, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        start = torch.full((len(x),), self.eps_start, device=x.device)
-        return self.epsilon_search(model, self.candidates(model, x, y), y, start)
 
     def epsilon_search(
         self, model: QueryModel, candidate: Candidate, y: torch.Tensor, start: torch.Tensor
@@ -161,3 +144,20 @@ class EpsilonSearchAttack(Attack):
         success = model.predict(candidate(rows, eps), rows) != y[rows]
         high[rows[success]] = torch.minimum(high[rows[success]], eps[success])
         low[rows[~success]] = torch.maximum(low[rows[~success]], eps[~success])
+
+
+class EpsilonSearchAttack(SearchAttack):
+    """A fixed-epsilon attack made into a smallest-adversarial one: the search starts at
+    `eps_start` for every sample. Subclasses give `make_candidate(model, x, y) -> Candidate`."""
+
+    def __init__(self, name: str, norm: str, eps_start: float, **search: Any) -> None:
+        super().__init__(name, norm, **search)
+        self.eps_start = eps_start
+
+    def make_candidate(self, model: QueryModel, x: torch.Tensor, y: torch.Tensor) -> Candidate:
+        """The images at eps of each sample of x (B, 1, 28, 28), labels y (B,)."""
+        raise NotImplementedError
+
+    def run(self, model: QueryModel, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        start = torch.full((len(x),), self.eps_start, device=x.device)
+        return self.epsilon_search(model, self.make_candidate(model, x, y), y, start)

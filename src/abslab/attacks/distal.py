@@ -1,4 +1,4 @@
-"""Distal adversarials (abs_spec Part 2, section 5): images optimised from uniform noise until
+"""Distal adversarials (docs/paper.md §6.3): images optimised from uniform noise until
 the model calls them a given digit with calibrated confidence >= a level. A model that keeps
 noise far from every class needs a digit-like image; one that does not accepts noise."""
 

@@ -1,8 +1,7 @@
-"""The three distances of the paper, measured by the harness itself (abs_spec 1.6)."""
+"""The three distances of the paper, measured by the harness itself (docs/attacks.md §1)."""
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 NORMS = ("l2", "linf", "l0")
@@ -22,14 +21,3 @@ def distance(x_adv: torch.Tensor, x: torch.Tensor, norm: str) -> torch.Tensor:
     if norm == "l0":
         return (diff != 0).sum(dim=1).to(x.dtype)
     raise ValueError(f"norm={norm!r}: choose one of {NORMS}.")
-
-
-# An adversarial made at exactly epsilon (x + delta, |delta| <= eps) measures up to a float32
-# rounding beyond it; a relative tolerance keeps such samples counted as broken at epsilon.
-RELATIVE_TOLERANCE = 1e-5
-
-
-def beyond(distances: torch.Tensor | np.ndarray, eps: float) -> torch.Tensor | np.ndarray:
-    """Whether each smallest-adversarial distance exceeds eps, beyond float rounding: the
-    samples that count as robust (correct) at eps."""
-    return distances > eps * (1 + RELATIVE_TOLERANCE)

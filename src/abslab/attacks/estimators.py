@@ -1,4 +1,4 @@
-"""Gradients estimated from a model's scores: the paper's "w/ GE" attacks (abs_spec 1.2, 4.2).
+"""Gradients estimated from a model's scores: the paper's "w/ GE" attacks (docs/attacks.md §5).
 
 The estimators approximate the Jacobian of the logits by finite differences along directions,
 from forward queries only. One estimate at a point then serves every loss an attack
@@ -9,13 +9,17 @@ gradient directly, once per label; the linearisation here agrees with it to firs
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
-if TYPE_CHECKING:
-    from abslab.attacks.queries import QueryModel
+from abslab.attacks.ranges import FRACTION, Range, check_value
+
+# query(images (R, 1, 28, 28), rows (R,)) -> logits (R, 10): counted forward queries of the
+# batch's samples `rows` (abslab.attacks.queries.QueryModel is one; estimators need no more).
+Query = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 ESTIMATORS = ("coordinate", "antithetic")
 PIXELS = 28 * 28
@@ -23,29 +27,34 @@ PIXELS = 28 * 28
 
 @dataclass(frozen=True)
 class GradientEstimator:
-    """How a _ge attack's gradients are estimated (config keys estimator, ge_step, ge_samples).
+    """How a _ge attack's gradients are estimated (conf/estimator: kind, step, samples).
 
     - coordinate (the paper's, foolbox 1.3's CoordinateWiseGradientEstimator): central
       differences along every pixel with step `step`, both points clipped to [0, 1]; 2 x 784 =
-      1,568 queries per gradient. Each difference is divided by the step actually taken, so a
-      pixel at a bound gets a one-sided difference (foolbox divided by 2 * step regardless).
+      1,568 queries per gradient, so `samples` must be None. Each difference is divided by the
+      step actually taken, so a pixel at a bound gets a one-sided difference (foolbox divided
+      by 2 * step regardless).
     - antithetic (foolbox 1.3.1's EvolutionaryStrategiesGradientEstimator): `samples` queries,
       pairs x +- step * u with u ~ N(0, I); cheaper and noisier.
-    `chunk`: images per forward call, to bound memory.
+    `chunk`: images per forward call, to bound memory. Errors name the key as `key=value`.
     """
 
     kind: str = "coordinate"
     step: float = 0.1
-    samples: int = 100
+    samples: int | None = None
     chunk: int = 4096
 
     def __post_init__(self) -> None:
         if self.kind not in ESTIMATORS:
-            raise ValueError(f"estimator={self.kind!r}: choose one of {', '.join(ESTIMATORS)}.")
-        if not 0 < self.step <= 1:
-            raise ValueError(f"ge_step={self.step} must be in (0, 1] (pixels lie in [0, 1]).")
-        if self.kind == "antithetic" and (self.samples < 2 or self.samples % 2):
-            raise ValueError(f"ge_samples={self.samples} must be even and >= 2 (pairs +-u).")
+            raise ValueError(f"kind={self.kind!r}: must be one of {', '.join(ESTIMATORS)}.")
+        check_value("step", self.step, FRACTION)  # pixels lie in [0, 1]
+        if self.kind == "antithetic":
+            check_value("samples", self.samples, Range(2, integer=True, even=True))  # pairs +-u
+        elif self.samples is not None:
+            raise ValueError(
+                f"samples={self.samples}: must be null for kind=coordinate (2 x 784 queries a "
+                "gradient); samples counts the queries of kind=antithetic."
+            )
 
     def queries_per_gradient(self) -> int:
         return 2 * PIXELS if self.kind == "coordinate" else self.samples
@@ -56,10 +65,10 @@ class GradientEstimator:
             return torch.eye(PIXELS, device=device).expand(n, PIXELS, PIXELS)
         return torch.randn(n, self.samples // 2, PIXELS, device=device)
 
-    def jacobian(self, model: QueryModel, x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    def jacobian(self, model: Query, x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         """Estimated Jacobian (R, 10, 784) of the logits at x (R, 1, 28, 28) for samples rows
-        (R,), from `queries_per_gradient()` counted queries per sample (the QueryModel also
-        remembers any adversarial among them); forward calls of at most `chunk` images."""
+        (R,), from `queries_per_gradient()` queries per sample through `model`; forward calls
+        of at most `chunk` images."""
         per_call = max(1, self.chunk // self.queries_per_gradient())
         parts = [
             self._jacobian(model, x[start : start + per_call], rows[start : start + per_call])
@@ -67,7 +76,7 @@ class GradientEstimator:
         ]
         return torch.cat(parts)
 
-    def _jacobian(self, model: QueryModel, x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    def _jacobian(self, model: Query, x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         n = len(x)
         flat = x.reshape(n, 1, PIXELS)
         directions = self.directions(n, x.device)  # (R, D, 784)
@@ -84,18 +93,21 @@ class GradientEstimator:
 
 
 class EstimatedLogits(torch.autograd.Function):
-    """logits = model(x) with the backward pass answered by the model's gradient estimator:
-    autograd never reaches the defense, whose forward runs on detached inputs."""
+    """logits = scores(x, rows) with the backward pass answered by `jacobian(x, rows)` (R, 10,
+    784), an estimate: autograd never reaches the defense, whose forward runs on detached
+    inputs."""
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, model: QueryModel, rows: torch.Tensor) -> torch.Tensor:
-        ctx.model, ctx.rows = model, rows
+    def forward(
+        ctx: Any, x: torch.Tensor, scores: Query, jacobian: Query, rows: torch.Tensor
+    ) -> torch.Tensor:
+        ctx.jacobian, ctx.rows = jacobian, rows
         ctx.save_for_backward(x.detach())
-        return model.scores(x.detach(), rows)
+        return scores(x.detach(), rows)
 
     @staticmethod
-    def backward(ctx: Any, grad_logits: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+    def backward(ctx: Any, grad_logits: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:
         (x,) = ctx.saved_tensors
-        jacobian = ctx.model.estimated_jacobian(x, ctx.rows)  # (R, 10, 784)
+        jacobian = ctx.jacobian(x, ctx.rows)  # (R, 10, 784)
         grad = torch.einsum("rk,rkp->rp", grad_logits, jacobian)
-        return grad.reshape(x.shape), None, None
+        return grad.reshape(x.shape), None, None, None

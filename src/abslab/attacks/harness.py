@@ -81,7 +81,7 @@ def run_attack(
     model = QueryModel(defense, x[rows], y[rows], attack.norm, attack.max_queries, attack.estimator)
     started = time.perf_counter()
     candidates, errors = _candidates(attack, model, x[rows], y[rows])
-    if getattr(defense, "binarize_input", False) and candidates:
+    if defense.binarize_input and candidates:
         candidates += _refined(model, x[rows], y[rows], candidates)
     out.seconds[rows] = (time.perf_counter() - started) / len(rows)
     out.queries[rows] = model.queries

@@ -1,7 +1,8 @@
-"""The paper's ABS-specific Latent Descent attack (abs_spec 4.4), batched, written here.
+"""The paper's ABS-specific Latent Descent attack (docs/attacks.md §7), batched, written here.
 
 The authors' `LineSearchAttack` walks from x towards ABS's own reconstruction of the most
-likely wrong class; it needs the model's internals (`infer`), so it serves ABS models only.
+likely wrong class; it needs the model's reconstructions (`Defense.infer`), so it serves only
+models that declare `reconstructs` (ABS).
 """
 
 from __future__ import annotations
@@ -10,8 +11,7 @@ import torch
 
 from abslab.attacks.base import Attack
 from abslab.attacks.queries import QueryModel
-from abslab.models.abs import Inference
-from abslab.models.base import Defense
+from abslab.models.base import Defense, Inference
 
 
 def binary_projection(reconstruction: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -74,11 +74,11 @@ class LatentDescentAttack(Attack):
         self.n_fine_steps = n_fine_steps
 
     def unsupported(self, defense: Defense) -> str | None:
-        """Latent Descent reads ABS's reconstructions: only models with ABS's `infer`."""
-        if not callable(getattr(defense, "infer", None)):
+        """Latent Descent reads class reconstructions: only models that declare `reconstructs`."""
+        if not defense.reconstructs:
             return (
-                f"model={defense.name} is not an ABS model: Latent Descent walks towards ABS's "
-                "class reconstructions (`infer`)"
+                f"model={defense.name} does not reconstruct its input (reconstructs = False): "
+                "Latent Descent walks towards a model's class reconstructions (ABS's `infer`)"
             )
         return super().unsupported(defense)
 
@@ -119,7 +119,7 @@ class LatentDescentAttack(Attack):
         logits = out.logits.clone()
         logits[torch.arange(len(y)), y] = float("-inf")
         target = out.reconstructions[torch.arange(len(y)), logits.argmax(1)].unsqueeze(1)
-        if getattr(defense, "binarize_input", False):
+        if defense.binarize_input:
             target = binary_projection(target, points)
         return target.to(points.dtype)
 

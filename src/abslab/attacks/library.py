@@ -1,7 +1,7 @@
 """The paper's attacks that foolbox 3.3.4 (the authors' library) has: DeepFool, Boundary,
 Pointwise and binarization refinement, run on the QueryModel so queries are counted and every
 adversarial met is kept. Where foolbox 3 differs from the paper's foolbox 1.3, the docstring
-says how (ecosystem.md section 5)."""
+says how (docs/attacks.md §4.2, §4.3)."""
 
 from __future__ import annotations
 

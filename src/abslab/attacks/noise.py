@@ -32,7 +32,7 @@ class GaussianNoiseAttack(EpsilonSearchAttack):
             super().run(model, x, y)
         return model.best.clone()
 
-    def candidates(self, model: QueryModel, x: torch.Tensor, y: torch.Tensor) -> Candidate:
+    def make_candidate(self, model: QueryModel, x: torch.Tensor, y: torch.Tensor) -> Candidate:
         noise = torch.randn_like(x)
         return along(x, noise / noise.flatten(1).norm(dim=1).reshape(-1, 1, 1, 1))
 

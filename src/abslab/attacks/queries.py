@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import Any
 
 import torch
 from torch import nn
 
 from abslab.attacks.distances import distance
 from abslab.attacks.estimators import EstimatedLogits, GradientEstimator
-from abslab.models.base import Defense
+from abslab.models.base import Defense, Inference
 
 
 class GradientUnavailable(RuntimeError):
@@ -75,7 +74,9 @@ class QueryModel(nn.Module):
     def forward(self, inputs: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
         """inputs (R, 1, 28, 28) for samples `rows` (R,) -> logits (R, 10)."""
         if inputs.requires_grad and self.estimator is not None:
-            return EstimatedLogits.apply(inputs, self, self._rows(rows))
+            return EstimatedLogits.apply(
+                inputs, self.scores, self.estimated_jacobian, self._rows(rows)
+            )
         rows = self._admit(inputs, rows)
         logits = self.defense(inputs)
         self._remember(inputs.detach(), logits.detach(), rows)
@@ -96,11 +97,15 @@ class QueryModel(nn.Module):
             self._jacobian_at = cached = (rows.clone(), inputs.clone(), jacobian)
         return cached[2]
 
-    def infer(self, inputs: torch.Tensor, rows: torch.Tensor | None = None) -> Any:
+    def infer(self, inputs: torch.Tensor, rows: torch.Tensor | None = None) -> Inference:
         """The defense's `infer(inputs)` (ABS: logits, latents, reconstructions), counted and
-        remembered as a forward: for attacks that read a model's internals (Latent Descent)."""
-        if not hasattr(self.defense, "infer"):
-            raise TypeError(f"model={self.defense.name} has no `infer`: it is not an ABS model.")
+        remembered as a forward: for attacks that read a model's reconstructions (Latent
+        Descent); only defenses that declare `reconstructs` have them."""
+        if not self.defense.reconstructs:
+            raise TypeError(
+                f"model={self.defense.name} does not reconstruct its input (reconstructs = "
+                "False): it has no `infer` for attacks to read."
+            )
         rows = self._admit(inputs, rows)
         with torch.no_grad():
             out = self.defense.infer(inputs.detach())

@@ -2,63 +2,74 @@
 
 from __future__ import annotations
 
+import copy
 import logging
-from pathlib import Path
+from collections.abc import Mapping
+from typing import Any
 
-from hydra.utils import get_class, instantiate
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from abslab.attacks.base import Attack
 from abslab.attacks.estimators import GradientEstimator
+from abslab.attacks.ranges import ATTACK_RANGES, check_settings
 from abslab.models.base import Defense
 
 log = logging.getLogger(__name__)
-ATTACK_CONFIGS = Path(__file__).resolve().parents[3] / "conf" / "attack"
 
 
-def catalog() -> dict[str, tuple[str, bool]]:
-    """Every attack in conf/attack: name -> (norm, needs_gradient), for error messages."""
-    found = {}
-    for path in sorted(ATTACK_CONFIGS.glob("*.yaml")):
-        for name, spec in OmegaConf.load(path).items():
-            if isinstance(spec, DictConfig) and "_target_" in spec:
-                needs_gradient = get_class(spec._target_).needs_gradient and "estimator" not in spec
-                found[str(name)] = (spec.norm, needs_gradient)
-    return found
+def estimator_of(settings: Mapping[str, Any], path: str) -> GradientEstimator:
+    """The GradientEstimator of a conf/estimator node (kind, step, samples) at config `path`;
+    a bad value is a ValueError naming `path.key`."""
+    try:
+        return GradientEstimator(**settings)
+    except ValueError as error:  # "key=value: must be ..."
+        raise ValueError(f"{path}.{error}") from error
+    except TypeError as error:  # a key GradientEstimator does not take
+        raise ValueError(f"{path}: {error}; its keys: kind, step, samples.") from error
 
 
-def _alternatives(norm: str, gradient_free: bool) -> str:
-    names = [
-        name
-        for name, (attack_norm, needs_gradient) in catalog().items()
-        if attack_norm == norm and not (gradient_free and needs_gradient)
-    ]
-    return ", ".join(names) or "none yet"
-
-
-def instantiate_attack(name: str, spec: DictConfig) -> Attack:
-    """The attack of a config. The harness's keys, which any attack may have, are taken out:
-    `max_queries` (per-sample budget) and `estimator`, `ge_step`, `ge_samples`,
-    `skip_exact_gradients` (a _ge attack: gradients estimated from scores)."""
-    settings = OmegaConf.to_container(spec)
+def instantiate_attack(name: str, spec: DictConfig | Mapping[str, Any], path: str = "") -> Attack:
+    """The attack of a config at config `path` (default `attack.<name>`), its values checked
+    first (abslab.attacks.ranges). The harness's keys are taken out: `max_queries` (per-sample
+    query budget) and, for a _ge attack, `estimator` (conf/estimator: gradients estimated from
+    scores) and `skip_exact_gradients`. Any other key the attack does not take is an error."""
+    path = path or f"attack.{name}"
+    if isinstance(spec, DictConfig):
+        settings = OmegaConf.to_container(spec, resolve=True)
+    else:
+        settings = copy.deepcopy(dict(spec))
+    check_settings(settings, path, ATTACK_RANGES)
     max_queries = settings.pop("max_queries", None)
-    kind = settings.pop("estimator", None)
-    skip_exact = settings.pop("skip_exact_gradients", True)
-    ge = {key: settings.pop(f"ge_{key}") for key in ("step", "samples") if f"ge_{key}" in settings}
-    attack = instantiate(settings, name=name)
+    estimator = settings.pop("estimator", None)
+    skip_exact = settings.pop("skip_exact_gradients", None)
+    if estimator is None and skip_exact is not None:
+        raise ValueError(
+            f"{path}.skip_exact_gradients applies to attacks with an `estimator` (the _ge "
+            "attacks) only: remove it."
+        )
+    try:
+        attack = instantiate(settings, name=name)
+    except InstantiationException as error:  # the attack's own error, not Hydra's wrapper
+        cause = error.__cause__
+        if isinstance(cause, TypeError):  # a key the attack does not take
+            raise ValueError(f"{path}: {cause}: remove that key.") from error
+        raise (cause or error) from None
     attack.max_queries = max_queries
-    if kind is not None:
+    if estimator is not None:
         if not attack.needs_gradient:
-            raise ValueError(f"attack={name} takes no gradients: `estimator` does not apply.")
-        attack.estimator = GradientEstimator(kind, **ge)
-        attack.skip_exact_gradients = skip_exact
+            raise ValueError(f"{path} takes no gradients: `estimator` does not apply.")
+        attack.estimator = estimator_of(estimator, f"{path}.estimator")
+        attack.skip_exact_gradients = skip_exact if skip_exact is not None else True
     return attack
 
 
 def build_attacks(
     attack_cfg: DictConfig | None, norm: str, defense: Defense
 ) -> tuple[list[Attack], dict[str, str]]:
-    """The attacks to run and the ones skipped (name -> reason).
+    """The attacks to run and the ones skipped (name -> reason), every config checked and
+    built before any of them runs.
 
     An attack of another norm is an error. One that cannot run on the model (`unsupported`:
     autograd gradients on a `gradient: none` model, Latent Descent on a non-ABS model) is
@@ -78,8 +89,8 @@ def build_attacks(
         if attack_cfg[name].norm != norm:
             raise ValueError(
                 f"attack={name} minimises {attack_cfg[name].norm}, not norm={norm}: use "
-                f"norm={attack_cfg[name].norm}, or an attack of norm={norm}: "
-                f"{_alternatives(norm, gradient_free=False)}."
+                f"norm={attack_cfg[name].norm}, or attacks of norm={norm} (conf/attack/{norm}.yaml "
+                "lists its suite)."
             )
     attacks = [instantiate_attack(name, attack_cfg[name]) for name in names]
     skipped = {a.name: a.unsupported(defense) for a in attacks if a.unsupported(defense)}
@@ -88,8 +99,8 @@ def build_attacks(
         reasons = "; ".join(f"{name}: {reason}" for name, reason in skipped.items())
         raise ValueError(
             f"No attack of attack={','.join(names)} can run on model={defense.name} ({reasons}). "
-            f"Attacks of norm={norm} that need no autograd gradient: "
-            f"{_alternatives(norm, gradient_free=True)}."
+            f"Run norm={norm}'s whole suite (leave out attack=; conf/attack/{norm}.yaml): it "
+            "skips what cannot run on the model and runs the rest."
         )
     for name, reason in skipped.items():
         log.warning("Skipping attack %s: %s.", name, reason)

@@ -1,75 +1,40 @@
-"""Transfer attacks (abs_spec 1.2, 3.5, 4.5): adversarials made on a substitute, rescaled on the
-target, which only ever answers with its decision."""
+"""Transfer attacks (docs/attacks.md): adversarials made on a substitute, rescaled on the target,
+which only ever answers with its decision."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
-from pathlib import Path
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from abslab.attacks.base import EpsilonSearchAttack, along
+from abslab.attacks.base import Attack, SearchAttack, along
 from abslab.attacks.distances import distance
 from abslab.attacks.harness import run_attack
 from abslab.attacks.queries import QueryModel
-from abslab.attacks.suite import ATTACK_CONFIGS, instantiate_attack
-from abslab.models.base import Defense, build_defense
-from abslab.models.checkpoints import load_checkpoint_weights
-from abslab.models.pretrained import WeightsError
+from abslab.attacks.suite import instantiate_attack
+from abslab.models.base import Defense
+from abslab.models.registry import load_model
 
 log = logging.getLogger(__name__)
-MODEL_CONFIGS = ATTACK_CONFIGS.parent / "model"
 
 
-def load_substitute(model: str, weights: str) -> Defense:
-    """The substitute: conf/model/<model>.yaml with `weights`, either the authors' published
-    file (e.g. transfer_cnn.net, converted with key and shape checks) or a train.py
-    checkpoint (.ckpt). It must have input gradients."""
-    spec = _model_config(model)
-    weights_path = Path(weights)
-    if not weights_path.exists():
-        raise WeightsError(
-            f"substitute_weights={weights} does not exist: give the authors' transfer_cnn.net "
-            "(../shared/data/reference_models/cnn/transfer_cnn.net) or a train.py checkpoint of "
-            f"model={model}."
-        )
-    if weights_path.suffix == ".ckpt":
-        substitute = build_defense(spec)
-        load_checkpoint_weights(substitute, weights_path)
-    elif "pretrained" in spec:
-        substitute = build_defense(spec, pretrained=str(weights_path))
-    else:
-        raise WeightsError(
-            f"substitute_model={model} loads no published weights: give substitute_weights=<a "
-            "train.py checkpoint (.ckpt) of it>."
-        )
-    if substitute.gradient == "none":
-        raise ValueError(f"substitute_model={model} has no input gradient: it cannot be one.")
-    return substitute.eval()
-
-
-def _model_config(name: str) -> DictConfig:
-    """conf/model/<name>.yaml with the configs its defaults list names merged in first (a
-    model config is read here outside Hydra's composition)."""
-    path = MODEL_CONFIGS / f"{name}.yaml"
-    if not path.is_file():
-        names = ", ".join(sorted(p.stem for p in MODEL_CONFIGS.glob("*.yaml")))
-        raise ValueError(f"substitute_model={name!r} is not in conf/model: choose one of {names}.")
-    spec = OmegaConf.load(path)
-    spec = spec.model if "model" in spec else spec  # configs in the global package (abs)
-    bases = [_model_config(base) for base in spec.pop("defaults", []) if base != "_self_"]
-    return OmegaConf.merge(*bases, spec)
-
-
-class TransferAttack(EpsilonSearchAttack):
-    """Runs `substitute_attacks` (the norm's gradient attacks, as configured in conf/attack)
-    on the substitute, verified there by the harness; each adversarial perturbation delta then
-    gives a direction, along which the shared epsilon search, starting at delta's own size,
-    finds the smallest scale the target misclassifies. The target is only asked for labels
+class TransferAttack(SearchAttack):
+    """Runs `substitute_attacks` (name -> attack config: the norm's gradient attacks, nested
+    in conf/attack/transfer_*.yaml, so budgets and overrides reach them) on the substitute,
+    verified there by the harness; each adversarial perturbation delta then gives a direction,
+    along which the shared epsilon search, starting at delta's own size, finds the smallest
+    scale the target misclassifies. The target is only asked for labels
     (`QueryModel.predict`). The smallest adversarial over all substitute attacks is kept.
-    How the paper ran its transfer rows is unknown (abs_spec 4.5); this is abslab's reading.
+    How the paper ran its transfer rows is unknown (docs/attacks.md); this is abslab's reading.
+
+    `substitute`: a conf/model config (with its card), loaded by
+    abslab.models.registry.load_model from `substitute_ckpt` (a train.py checkpoint) if given,
+    else by `weights` (own | published; None: published). It is loaded when the attack is
+    built, so missing weights stop a run before any attack runs. A substitute attack set to
+    None is left out.
     """
 
     norms = ("l2", "linf")
@@ -78,25 +43,55 @@ class TransferAttack(EpsilonSearchAttack):
         self,
         name: str,
         norm: str,
-        substitute_model: str = "transfer_cnn",
-        substitute_weights: str = "../shared/data/reference_models/cnn/transfer_cnn.net",
-        substitute_attacks: Sequence[str] = (),
+        substitute: Mapping[str, Any],
+        substitute_attacks: Mapping[str, Mapping[str, Any] | None],
+        weights: str | None,
+        substitute_ckpt: str | None,
+        registry: str,
+        published_root: str,
         growth: float = 1.5,
         bracket_steps: int = 20,
         bisect_steps: int = 20,
     ) -> None:
-        super().__init__(name, norm, 1.0, growth, bracket_steps, bisect_steps)
-        if not substitute_attacks:
-            raise ValueError(f"attack {name}: substitute_attacks is empty: name gradient attacks.")
-        self.substitute_model = substitute_model
-        self.substitute_weights = substitute_weights
-        self.substitute_attacks = list(substitute_attacks)
-        self._attacks = [self._attack(attack) for attack in self.substitute_attacks]
-        self._substitute: Defense | None = None
+        super().__init__(name, norm, growth, bracket_steps, bisect_steps)
+        self._attacks = [
+            self._substitute_attack(attack, spec)
+            for attack, spec in substitute_attacks.items()
+            if spec is not None
+        ]
+        if not self._attacks:
+            raise ValueError(
+                f"attack.{name}.substitute_attacks has none left: keep at least one of "
+                f"{', '.join(substitute_attacks)}."
+            )
+        spec = substitute if isinstance(substitute, DictConfig) else OmegaConf.create(substitute)
+        choice = None if substitute_ckpt is not None else weights or "published"
+        model, ckpt = load_model(spec, choice, substitute_ckpt, registry, published_root)
+        if model.gradient == "none":
+            raise ValueError(
+                f"attack.{name}.substitute: model={model.name} has no input gradient: it cannot "
+                "be a substitute."
+            )
+        self._substitute: Defense = model.eval()
+        # where its weights came from, for results (report.py leaves this machine path out)
+        self.substitute_weights = ckpt or model.pretrained
+        self.substitute_model = model.name
+
+    def _substitute_attack(self, attack: str, spec: Mapping[str, Any]) -> Attack:
+        path = f"attack.{self.name}.substitute_attacks.{attack}"
+        built = instantiate_attack(attack, spec, path)
+        if built.norm != self.norm or not built.needs_gradient or built.estimator is not None:
+            raise ValueError(
+                f"{path}: must be a {self.norm} attack using the substitute's own gradients."
+            )
+        return built
+
+    def settings(self) -> dict[str, Any]:
+        """The transfer's settings, its substitute attacks' under `substitute_attacks`."""
+        nested = {attack.name: attack.settings() for attack in self._attacks}
+        return {**super().settings(), "substitute_attacks": nested}
 
     def run(self, model: QueryModel, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        if self._substitute is None:
-            self._substitute = load_substitute(self.substitute_model, self.substitute_weights)
         substitute = self._substitute.to(x.device)
         with torch.no_grad():
             substitute_pred = substitute(x).argmax(1)
@@ -113,18 +108,6 @@ class TransferAttack(EpsilonSearchAttack):
             candidate = along(x[rows], direction)
             self.epsilon_search(_LocalRows(model, rows), candidate, y[rows], size[rows])
         return model.best.clone()
-
-    def _attack(self, name: str):
-        path = ATTACK_CONFIGS / f"{name}.yaml"
-        if not path.is_file():
-            raise ValueError(f"substitute_attacks: {name!r} is not in conf/attack.")
-        attack = instantiate_attack(name, OmegaConf.load(path)[name])
-        if attack.norm != self.norm or not attack.needs_gradient or attack.estimator is not None:
-            raise ValueError(
-                f"substitute_attacks: {name} must be a {self.norm} attack using the substitute's "
-                "own gradients."
-            )
-        return attack
 
 
 class _LocalRows:

@@ -14,11 +14,13 @@ from tqdm import tqdm
 
 from abslab.attacks.base import Attack
 from abslab.attacks.harness import Outcome, attack_seed, run_attack
+from abslab.models.base import CleanPredictions, Defense
 from abslab.results.per_sample import CLEAN_ONLY, append_rows, save_adversarials
 
 
 class AttackEvaluation(pl.Callback):
-    """Runs `attacks` on each test batch the defense's `test_step` has classified.
+    """Runs `attacks` on each test batch the defense's `test_step` has classified (its
+    `CleanPredictions`: the batch's clean predictions are what the attacks start from).
 
     Writes `per_sample.csv` rows (results.per_sample.COLUMNS) and each batch's adversarials
     under `adversarials/` in `run_dir`. Pairs in `done` (index, attack), read back from an
@@ -49,7 +51,7 @@ class AttackEvaluation(pl.Callback):
     def csv_path(self) -> Path:
         return self.run_dir / "per_sample.csv"
 
-    def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def on_test_start(self, trainer: pl.Trainer, pl_module: Defense) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         pairs = self.total * max(1, len(self.attacks))
         self._bar = tqdm(total=pairs, desc="attacks", disable=not self.progress, leave=True)
@@ -57,14 +59,19 @@ class AttackEvaluation(pl.Callback):
     def on_test_batch_end(
         self,
         trainer: pl.Trainer,
-        pl_module: pl.LightningModule,
-        outputs: Any,
+        pl_module: Defense,
+        outputs: CleanPredictions,
         batch: Any,
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
+        if not isinstance(outputs, CleanPredictions):
+            raise TypeError(
+                f"model={pl_module.name}: test_step returned {type(outputs).__name__}; attack "
+                "evaluation needs the CleanPredictions that Defense.test_step returns."
+            )
         x, y, index = batch
-        clean_pred = outputs["clean_pred"]
+        clean_pred = outputs.clean_pred
         if not self.attacks:
             self._write(CLEAN_ONLY, index, y, clean_pred, Outcome.unattacked(x, y, clean_pred))
             return
@@ -123,7 +130,7 @@ class AttackEvaluation(pl.Callback):
                 median = float(np.median(list(self._smallest.values())))
                 self._bar.set_postfix_str(f"{attack} done; all-attacks median {median:.4g}")
 
-    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def on_test_end(self, trainer: pl.Trainer, pl_module: Defense) -> None:
         if self._bar is not None:
             self._bar.close()
             self._bar = None

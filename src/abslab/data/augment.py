@@ -1,4 +1,4 @@
-"""Light geometric augmentation for the VAEs (the co-author's reimplementation: abs_spec 2.2)."""
+"""Light geometric augmentation for the VAEs (the co-author's code: docs/paper.md §3.2)."""
 
 from __future__ import annotations
 

@@ -171,8 +171,12 @@ class MNISTDataModule(pl.LightningDataModule):
         self.verify = verify
         self.class_balanced = class_balanced
         self._arrays: dict[str, np.ndarray] | None = None
-        # test indices left out of the test slice: samples a resumed evaluation has finished
-        self.skip_test_indices: set[int] = set()
+        self._skip_test_indices: frozenset[int] = frozenset()
+
+    def skip_test_indices(self, indices: set[int]) -> None:
+        """Leave these test-file indices out of the test slice from the next `setup` on (the
+        Trainer calls it): the samples a resumed evaluation has already finished."""
+        self._skip_test_indices = frozenset(indices)
 
     def prepare_data(self) -> None:
         if self.download:
@@ -196,8 +200,8 @@ class MNISTDataModule(pl.LightningDataModule):
         if self.test_samples is not None:
             stop = self.test_offset + self.test_samples
         test_idx = torch.arange(self.test_offset, stop)
-        if self.skip_test_indices:
-            keep = [i not in self.skip_test_indices for i in test_idx.tolist()]
+        if self._skip_test_indices:
+            keep = [i not in self._skip_test_indices for i in test_idx.tolist()]
             test_idx = test_idx[torch.tensor(keep, dtype=torch.bool)]
         self.test_set = self._dataset(arrays["test_images"], arrays["test_labels"], test_idx)
 

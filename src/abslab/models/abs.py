@@ -1,11 +1,10 @@
-"""The Analysis-by-Synthesis classifier and binary ABS (abs_spec Part 2, 2.1-2.6)."""
+"""The Analysis-by-Synthesis classifier and binary ABS (docs/paper.md §3.1-§3.7)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
-from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -20,7 +19,7 @@ from abslab.models.abs_inference import (
     make_latent_bank,
     optimise_latents,
 )
-from abslab.models.base import Batch, Defense
+from abslab.models.base import Batch, Defense, Inference
 from abslab.models.nets import binarize
 from abslab.models.pretrained import WeightsError, load_checked, load_reference_abs
 from abslab.models.vae import (
@@ -31,18 +30,9 @@ from abslab.models.vae import (
     pack_by_class,
     vae_loss_terms,
 )
-from abslab.results.reconstructions import reconstruction_figure
 
-# The published binary ABS's per-class ELBO multipliers (abs_spec 2.5; conf/model/binary_abs.yaml).
+# The published binary ABS's per-class ELBO multipliers (docs/paper.md §3.6).
 PUBLISHED_CLASS_SCALARS = (1.0, 0.96, 1.001, 1.06, 0.98, 0.96, 1.03, 1.0, 1.0, 1.0)
-
-
-class Inference(NamedTuple):
-    """What ABS inference finds for a batch of B images."""
-
-    logits: torch.Tensor  # (B, 10): minus the ELBOs (times the class scalars)
-    latents: torch.Tensor  # (B, 10, 8): z*_c, the optimised latent of each class
-    reconstructions: torch.Tensor  # (B, 10, 28, 28): G_c(z*_c)
 
 
 class ABSDefense(Defense):
@@ -55,11 +45,12 @@ class ABSDefense(Defense):
 
     Gradient: "envelope". Autograd on the logits gives the gradient of the final bound at the
     optimised latents held fixed, -2 (x - G_c(z*_c)) / 784 (times s_c): the envelope-theorem
-    gradient of abs_spec 1.2. It does not differentiate through the inner optimisation, which
+    gradient of docs/paper.md §3.7. It does not differentiate through the inner optimisation, which
     is not the intended gradient; binary ABS passes it straight through the binarization.
     """
 
     gradient = "envelope"
+    reconstructs = True  # `infer`: latents z*_c (B, 10, 8) and reconstructions G_c(z*_c)
 
     def __init__(
         self,
@@ -68,7 +59,7 @@ class ABSDefense(Defense):
         class_scalars: Sequence[float] | None = None,
         pretrained: str | None = None,
         latent_samples: str | None = None,
-        n_samples: int = 8000,
+        bank_size: int = 8000,
         fraction_to_dismiss: float = 0.1,
         bank_seed: int = 1234,
         n_iter: int = 50,
@@ -103,7 +94,7 @@ class ABSDefense(Defense):
         self.inference_chunk = inference_chunk
         self.cuda_graphs = cuda_graphs
         self.vaes = TenVAEs()
-        bank = self._bank(latent_samples, n_samples, fraction_to_dismiss, bank_seed)
+        bank = self._bank(latent_samples, bank_size, fraction_to_dismiss, bank_seed)
         self.register_buffer("bank_latents", bank, persistent=False)
         if pretrained is not None:
             load_checked(self.vaes, load_reference_abs(pretrained), pretrained)
@@ -112,19 +103,19 @@ class ABSDefense(Defense):
         self._graphs: dict[InferenceSettings, GraphedOptimiser] = {}
 
     @staticmethod
-    def _bank(path: str | None, n_samples: int, fraction: float, seed: int) -> torch.Tensor:
-        """The fixed latents (n_samples, 8): from a .npy file, or drawn as the authors did."""
+    def _bank(path: str | None, bank_size: int, fraction: float, seed: int) -> torch.Tensor:
+        """The fixed latents (bank_size, 8): from a .npy file, or drawn as the authors did."""
         if path is None:
-            return make_latent_bank(n_samples, fraction, seed)
+            return make_latent_bank(bank_size, fraction, seed)
         if not Path(path).is_file():
             raise WeightsError(f"model.latent_samples={path}: no such file (an (N, 8) .npy).")
         bank = np.load(path, allow_pickle=False)
-        if bank.ndim != 2 or bank.shape[1] != LATENT_DIM or len(bank) < n_samples:
+        if bank.ndim != 2 or bank.shape[1] != LATENT_DIM or len(bank) < bank_size:
             raise WeightsError(
                 f"model.latent_samples={path} holds shape {bank.shape}; it needs (N, 8) with "
-                f"N >= model.n_samples={n_samples}."
+                f"N >= model.bank_size={bank_size}."
             )
-        return torch.from_numpy(bank[:n_samples].astype(np.float32))
+        return torch.from_numpy(bank[:bank_size].astype(np.float32))
 
     def accepts_weights_of(self, trained_as: str) -> bool:
         """ABS and binary ABS share their ten VAEs: either's checkpoint serves both."""
@@ -181,12 +172,6 @@ class ABSDefense(Defense):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (B, 1, 28, 28) in [0, 1] -> logits (B, 10), minus the (scaled) ELBOs."""
         return self.infer(x).logits
-
-    def figures(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
-        """reconstructions: each input beside its ten class reconstructions and logits."""
-        with torch.no_grad():
-            out = self.infer(x.to(self.device))
-        return {"reconstructions": reconstruction_figure(x, y, out.logits, out.reconstructions)}
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         x, y, _ = batch

@@ -1,4 +1,4 @@
-"""ABS inference (abs_spec Part 2, 2.3), batched over images and classes with no Python loop.
+"""ABS inference (docs/paper.md §3.3), batched over images and classes with no Python loop.
 
 The class score is the ELBO bound min_z (||x - G_c(z)||^2 + beta/2 ||z||^2) / 784, found as the
 authors' code finds it: the best of a fixed latent bank per class, then Adam in latent space
@@ -46,19 +46,19 @@ class InferenceSettings:
         return max(self.n_iter - 1, 0)
 
 
-def make_latent_bank(n_samples: int, fraction_to_dismiss: float, seed: int) -> torch.Tensor:
+def make_latent_bank(bank_size: int, fraction_to_dismiss: float, seed: int) -> torch.Tensor:
     """The authors' fixed latents: int(n/(1-f)) draws from N(0, I) with numpy's seed, minus the
-    least likely fraction f (the largest norms), in draw order. (n_samples, 8) float32.
+    least likely fraction f (the largest norms), in draw order. (bank_size, 8) float32.
 
     With (8000, 0.1, 1234) this is exactly the published `latent_samples_8000.npy`.
     """
     if not 0 <= fraction_to_dismiss < 1:
         raise ValueError(f"fraction_to_dismiss={fraction_to_dismiss}: it must be in [0, 1).")
-    n_draws = int(n_samples / (1 - fraction_to_dismiss))
+    n_draws = int(bank_size / (1 - fraction_to_dismiss))
     draws = np.random.RandomState(seed).multivariate_normal(
         np.zeros(LATENT_DIM), np.eye(LATENT_DIM), n_draws
     )
-    keep = np.sort(np.argsort(np.linalg.norm(draws, axis=1), kind="stable")[:n_samples])
+    keep = np.sort(np.argsort(np.linalg.norm(draws, axis=1), kind="stable")[:bank_size])
     return torch.from_numpy(draws[keep].astype(np.float32))
 
 
@@ -174,12 +174,12 @@ class LatentBank:
 
         ||x - G||^2 = ||x||^2 - 2 x.G + ||G||^2: one matrix product against all 10*S images.
         """
-        n_samples = len(self.latents)
-        flat_images = self.images.view(N_CLASSES * n_samples, IMAGE_PIXELS)
-        offsets = (self.sq_norms + beta * self.prior).view(1, N_CLASSES, n_samples)
+        bank_size = len(self.latents)
+        flat_images = self.images.view(N_CLASSES * bank_size, IMAGE_PIXELS)
+        offsets = (self.sq_norms + beta * self.prior).view(1, N_CLASSES, bank_size)
         best_values, best_index = [], []
         for part in x.split(chunk):
-            scores = (part @ flat_images.T).view(len(part), N_CLASSES, n_samples)
+            scores = (part @ flat_images.T).view(len(part), N_CLASSES, bank_size)
             values, index = (offsets - 2 * scores).min(-1)
             best_values.append(values + (part * part).sum(-1, keepdim=True))
             best_index.append(index)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import pytorch_lightning as pl
 import torch
@@ -20,6 +20,23 @@ SCHEDULERS = ("none", "onecycle")
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # x (B,1,28,28), y (B,), index (B,)
 
 
+class Inference(NamedTuple):
+    """What a reconstructing defense's `infer` finds for a batch of B images (ABS)."""
+
+    logits: torch.Tensor  # (B, 10): what `forward` returns
+    latents: torch.Tensor  # (B, 10, L): the optimised latent of each class
+    reconstructions: torch.Tensor  # (B, 10, 28, 28): each class's reconstruction of the image
+
+
+class CleanPredictions(NamedTuple):
+    """What `Defense.test_step` returns for a test batch of B, and the attack-evaluation
+    callback reads: the samples' test-file indices, labels and clean predictions, (B,) each."""
+
+    index: torch.Tensor
+    label: torch.Tensor
+    clean_pred: torch.Tensor
+
+
 def build_defense(spec: DictConfig, **overrides: Any) -> Defense:
     """The defense of a `model` config, every argument a plain Python value.
 
@@ -32,21 +49,30 @@ def build_defense(spec: DictConfig, **overrides: Any) -> Defense:
 
 
 class Defense(pl.LightningModule):
-    """A classifier of MNIST digits that attacks can query.
+    """A classifier of MNIST digits that attacks can query (the contract: docs/defenses.md).
 
     Subclasses implement `forward(x) -> logits` for x float (N, 1, 28, 28) in [0, 1], logits
-    (N, 10), and set `gradient`: "exact" (autograd gives the true input gradient),
-    "straight_through" (autograd passes through a binarization as the identity), "envelope"
-    (the gradient of an inner minimum at its minimiser, held fixed: ABS's bound at the optimised
-    latents, not a gradient through the inner optimisation) or "none" (no input gradient:
-    gradient attacks must estimate it). `logit_scale` and
-    `confidence_level` are the calibrated-softmax constants (alpha, eta; abs_spec 1.2).
-    Training with cross-entropy is the default `training_step`; models that train otherwise
-    override it, and models that need no training set `needs_training = False`.
+    (N, 10), and declare what attacks may use of them:
+
+    - `gradient`: "exact" (autograd gives the true input gradient), "straight_through"
+      (autograd passes through a binarization as the identity), "envelope" (the gradient of an
+      inner minimum at its minimiser, held fixed: ABS's bound at the optimised latents, not a
+      gradient through the inner optimisation) or "none" (no input gradient: gradient attacks
+      must estimate it).
+    - `binarize_input`: the model thresholds its input at 0.5 first, so the harness also tries
+      each adversarial after binarization refinement (and Latent Descent projects its targets).
+    - `reconstructs`: `infer(x)` gives per-class reconstructions (`Inference`), which Latent
+      Descent walks towards; the base `infer` raises.
+
+    `logit_scale` and `confidence_level` are the calibrated-softmax constants (alpha, eta;
+    docs/defenses.md). Training with cross-entropy is the default `training_step`; models that
+    train otherwise override it, and models that need no training set `needs_training = False`.
     """
 
     gradient: GradientMode = "exact"
     needs_training: bool = True
+    binarize_input: bool = False
+    reconstructs: bool = False
 
     def __init__(
         self,
@@ -60,6 +86,11 @@ class Defense(pl.LightningModule):
         super().__init__()
         if scheduler not in SCHEDULERS:
             raise ValueError(f"model.scheduler={scheduler!r}: choose one of {SCHEDULERS}.")
+        if logit_scale <= 0 or confidence_level < 0:
+            raise ValueError(
+                f"model.logit_scale={logit_scale} must be > 0 and model.confidence_level="
+                f"{confidence_level} >= 0 (0: the plain softmax)."
+            )
         self.name = name
         self.logit_scale = logit_scale
         self.confidence_level = confidence_level
@@ -73,10 +104,13 @@ class Defense(pl.LightningModule):
         self.train_loss = MeanMetric()
         self.best_val_acc = float("-inf")  # kept in checkpoints, so a resumed run knows it
 
-    def figures(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
-        """Pictures of the model on a few test images x (N, 1, 28, 28), labels y (N,):
-        name -> matplotlib Figure. evaluate.py saves them as <name>.png and logs them."""
-        return {}
+    def infer(self, x: torch.Tensor) -> Inference:
+        """x (B, 1, 28, 28) in [0, 1] -> logits, per-class latents and reconstructions, for
+        models that declare `reconstructs` (ABS); without gradients through the latents."""
+        raise NotImplementedError(
+            f"model={self.name} does not reconstruct its input (reconstructs = False): "
+            "attacks that need `infer` (Latent Descent) do not apply to it."
+        )
 
     def attach_data(self, datamodule: Any) -> None:
         """Take what the model needs from the data besides weights (nearest_neighbor: its
@@ -87,9 +121,11 @@ class Defense(pl.LightningModule):
         return trained_as == self.name
 
     def calibrated_softmax(self, logits: torch.Tensor) -> torch.Tensor:
-        """p_c = (exp(a*l_c) + eta) / (sum_j exp(a*l_j) + 10*eta), computed in log space."""
+        """p_c = (exp(a*l_c) + eta) / (sum_j exp(a*l_j) + 10*eta), computed in log space, for
+        logits (N, 10); eta = 0 is the plain softmax of a*l."""
         scaled = self.logit_scale * logits
-        log_eta = torch.full_like(scaled[:, :1], math.log(self.confidence_level))
+        eta = self.confidence_level
+        log_eta = torch.full_like(scaled[:, :1], math.log(eta) if eta > 0 else -math.inf)
         numerator = torch.logaddexp(scaled, log_eta)
         denominator = torch.logsumexp(torch.cat([scaled, log_eta + math.log(10)], dim=1), dim=1)
         return (numerator - denominator[:, None]).exp()
@@ -131,13 +167,13 @@ class Defense(pl.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.best_val_acc = checkpoint.get("best_val_acc", float("-inf"))
 
-    def test_step(self, batch: Batch, batch_idx: int) -> dict[str, torch.Tensor]:
-        """Clean predictions; returns the per-sample columns that evaluate.py writes."""
+    def test_step(self, batch: Batch, batch_idx: int) -> CleanPredictions:
+        """Clean predictions of the batch, which the attack-evaluation callback attacks."""
         x, y, index = batch
         pred = self(x).argmax(1)
         self.test_acc(pred, y)
         self.log("test/acc", self.test_acc, on_step=False, on_epoch=True)
-        return {"index": index, "label": y, "clean_pred": pred}
+        return CleanPredictions(index, y, pred)
 
     def configure_optimizers(self) -> Any:
         optimizer = torch.optim.Adam(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)

@@ -10,7 +10,7 @@ from abslab.models.pretrained import load_reference_cnn
 
 
 class CNNDefense(Defense):
-    """Vanilla CNN (abs_spec 3.1); with `binarize_input` the binary CNN (3.2);
+    """Vanilla CNN (docs/paper.md §4.1); with `binarize_input` the binary CNN (§4.2);
     `architecture: transfer` the smaller substitute of the transfer attacks (3.5).
 
     The binary CNN thresholds its input at 0.5 before the CNN; its input gradient is

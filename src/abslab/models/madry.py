@@ -1,12 +1,12 @@
-"""Madry et al.'s MNIST model with PGD adversarial training (abs_spec 1.2 and 3.4)."""
+"""Madry et al.'s MNIST model with PGD adversarial training (docs/paper.md §4.4)."""
 
 from __future__ import annotations
 
 import torch
 
-from abslab.attacks.gradient import iterate
 from abslab.models.base import Batch, Defense
 from abslab.models.nets import MadryNet
+from abslab.models.projected_gradient import iterate
 
 
 class MadryDefense(Defense):
@@ -16,7 +16,8 @@ class MadryDefense(Defense):
     `train_step_size` from a random start). `eps_warmup` ramps epsilon linearly from 0 to `eps`
     over that fraction of all training steps (the step size scales with it); 0 trains at full
     epsilon from the start, as the paper. PGD is the attack suite's own loop
-    (`abslab.attacks.gradient.iterate`); the test-time check is `evaluate.py norm=linf attack=pgd`.
+    (`abslab.models.projected_gradient.iterate`); the test-time check is
+    `evaluate.py norm=linf attack=pgd`.
     """
 
     def __init__(

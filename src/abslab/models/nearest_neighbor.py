@@ -1,4 +1,4 @@
-"""1-nearest-neighbour classifier in L2 over the MNIST training set (abs_spec 3.3)."""
+"""1-nearest-neighbour classifier in L2 over the MNIST training set (docs/paper.md §4.3)."""
 
 from __future__ import annotations
 

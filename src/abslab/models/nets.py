@@ -12,7 +12,7 @@ from torch.nn import functional as F
 class ConvNet(nn.Module):
     """Unpadded convolutions with BatchNorm + ELU after all but the last; the last maps to 1x1.
 
-    The authors' CNNs (vanilla, binary, transfer) are all of this form (abs_spec Part 2, 3.1, 3.5).
+    The authors' CNNs (vanilla, binary, transfer) are all of this form (docs/paper.md §4.1, §4.5).
     Input (N, 1, 28, 28) -> logits (N, channels[-1]).
     """
 
@@ -40,7 +40,7 @@ def vanilla_cnn() -> ConvNet:
 
 
 def transfer_cnn() -> ConvNet:
-    """The authors' transfer substitute (abs_spec 3.5): 52,010 parameters, the vanilla CNN's
+    """The authors' transfer substitute (docs/paper.md §4.5): 52,010 parameters, the vanilla CNN's
     layout with 32, 32, 64 channels."""
     return ConvNet([1, 32, 32, 64, 10], kernels=[5, 4, 3, 5], strides=[1, 2, 2, 1])
 

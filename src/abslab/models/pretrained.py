@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -16,8 +17,36 @@ _REFERENCE_CNN_KEY = re.compile(r"^(conv|bn)_(\d+)\.(.+)$")
 _REFERENCE_ABS_KEY = re.compile(r"^(Encoder|Decoder)\.(conv|bn)_(\d+)\.(.+)$")
 
 
+# What load_untrusted's message quotes of torch's refusal: the object a pickle would build.
+_UNSUPPORTED_GLOBAL = re.compile(r"Unsupported global: GLOBAL (\S+)")
+_PUBLISHED_FILES = (
+    "one of the authors' published weight files (vanilla_cnn.net, ABS_0.net, ...; "
+    "model.pretrained= takes their folder)"
+)
+
+
 class WeightsError(RuntimeError):
     """A weight file is missing or does not fit the model; the message names the file and fix."""
+
+
+def load_untrusted(path: Path, name: str, expected: str) -> Any:
+    """torch.load(weights_only=True) of a file a user named (`name`: how the message calls it,
+    e.g. "ckpt=PATH"). A file that is no PyTorch file of tensors (text, a truncated copy, a pickle
+    of Python objects) raises a WeightsError that names it and `expected`, not torch's advice to
+    load it with weights_only=False (which would run code from the file)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        found = _UNSUPPORTED_GLOBAL.search(str(err))
+        what = (
+            f"it holds a Python object ({found.group(1)}), not only tensors"
+            if found is not None
+            else "its bytes are no complete PyTorch file (a text file, a cut-off copy, or "
+            f"another format: {type(err).__name__})"
+        )
+        raise WeightsError(
+            f"{name} is not a loadable checkpoint: {what}. Expected {expected}."
+        ) from None  # torch's message would advise weights_only=False
 
 
 def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
@@ -25,10 +54,7 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"No weight file at {path.resolve()}. Check the path.")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise WeightsError(f"{path} is not a loadable PyTorch state dict: {err}") from err
+    state = load_untrusted(path, str(path), _PUBLISHED_FILES)
     if not isinstance(state, dict):
         raise WeightsError(
             f"{path} holds a {type(state).__name__}, not a state dict: give the file of the "

@@ -1,4 +1,4 @@
-"""Ten class-conditional VAEs as one grouped network (abs_spec Part 2, 2.1).
+"""Ten class-conditional VAEs as one grouped network (docs/paper.md §3.1).
 
 Channel group c of every layer is class c's VAE: grouped convolutions run all ten in one call,
 so there is no Python loop over classes, in training or in inference.

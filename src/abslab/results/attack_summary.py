@@ -1,24 +1,33 @@
-"""Medians, accuracies and curves from per_sample.csv (abs_spec 1.6), and their two pictures."""
+"""Medians, accuracies and curves from per_sample.csv rows (docs/paper.md): what summary.json
+and the report's cells hold."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
+import torch
 
-from abslab.attacks.distances import beyond
+# An adversarial made at exactly epsilon (x + delta, |delta| <= eps) measures up to a float32
+# rounding beyond it; a relative tolerance keeps such samples counted as broken at epsilon.
+RELATIVE_TOLERANCE = 1e-5
 
-ALL_ATTACKS = "all"
+
+def beyond(distances: torch.Tensor | np.ndarray, eps: float) -> torch.Tensor | np.ndarray:
+    """Whether each smallest-adversarial distance exceeds eps, beyond float rounding: the
+    samples that count as robust (correct) at eps."""
+    return distances > eps * (1 + RELATIVE_TOLERANCE)
 
 
-def curve_epsilons(norm_cfg: Any) -> np.ndarray:
-    """The epsilon grid of the accuracy curves: curve_points values from 0 to curve_max."""
-    return np.linspace(0.0, float(norm_cfg.curve_max), int(norm_cfg.curve_points))
+ALL_ROW = "all"  # the key of the all-attacks row: the per-sample minimum over the attacks
+
+
+def curve_epsilons(norm: Mapping[str, Any]) -> np.ndarray:
+    """The epsilon grid of the accuracy curves of a norm config: curve_points values from 0 to
+    curve_max."""
+    return np.linspace(0.0, float(norm["curve_max"]), int(norm["curve_points"]))
 
 
 def _finite_or_none(value: float) -> float | None:
@@ -78,64 +87,5 @@ def summarize(
             queries_per_sample=float(sum(r["queries"] for r in mine)) / max(len(complete), 1),
             seconds_per_sample=float(sum(r["seconds"] for r in mine)) / max(len(complete), 1),
         )
-        summary["attacks"][ALL_ATTACKS] = stats
+        summary["attacks"][ALL_ROW] = stats
     return summary
-
-
-def robustness_curve(summary: dict[str, Any], norm: str, model: str) -> plt.Figure:
-    """Accuracy against epsilon, one line per attack, all attacks bold, the threshold marked."""
-    figure, axis = plt.subplots(figsize=(6, 4))
-    epsilons = summary["curve_epsilons"]
-    for name, stats in summary["attacks"].items():
-        bold = name == ALL_ATTACKS
-        axis.plot(
-            epsilons,
-            np.array(stats["curve_accuracy"]) * 100,
-            label=name,
-            color="black" if bold else None,
-            linewidth=2.5 if bold else 1.2,
-            zorder=3 if bold else 2,
-        )
-    threshold = summary["threshold"]
-    axis.axvline(threshold, color="grey", linestyle="--", linewidth=1)
-    if ALL_ATTACKS in summary["attacks"]:
-        accuracy = summary["attacks"][ALL_ATTACKS]["accuracy_at_threshold"] * 100
-        axis.plot([threshold], [accuracy], "o", color="black")
-    axis.set_xlabel(f"{norm} distance" + (" (pixels)" if norm == "l0" else ""))
-    axis.set_ylabel("accuracy (%)")
-    axis.set_ylim(0, 100)
-    axis.set_xlim(0, epsilons[-1])
-    axis.set_title(f"{model}, {norm}: {summary['n_samples']} test images")
-    axis.legend(fontsize=7)
-    figure.tight_layout()
-    return figure
-
-
-def adversarial_gallery(
-    originals: dict[int, np.ndarray], smallest: dict[str, np.ndarray], norm: str, model: str
-) -> plt.Figure:
-    """Originals (top) above their smallest adversarials (bottom), one per digit where
-    possible, annotated label -> prediction, distance and attack (the paper's Figure 3)."""
-    chosen: list[int] = []
-    for digit in range(10):
-        for k in np.flatnonzero(smallest["label"] == digit):
-            if smallest["distance"][k] > 0:
-                chosen.append(int(k))
-                break
-    figure, axes = plt.subplots(2, max(len(chosen), 1), figsize=(1.4 * max(len(chosen), 1), 4.2))
-    axes = np.asarray(axes).reshape(2, -1)
-    for column, k in enumerate(chosen):
-        index = int(smallest["index"][k])
-        axes[0, column].imshow(originals[index], cmap="gray", vmin=0, vmax=1)
-        axes[0, column].set_title(f"#{index}: {smallest['label'][k]}", fontsize=7)
-        axes[1, column].imshow(smallest["images"][k], cmap="gray", vmin=0, vmax=1)
-        axes[1, column].set_title(
-            f"{smallest['label'][k]}→{smallest['adv_pred'][k]}  {smallest['distance'][k]:.3g}\n"
-            f"{smallest['attack'][k]}",
-            fontsize=7,
-        )
-    for axis in axes.flat:
-        axis.axis("off")
-    figure.suptitle(f"{model}: smallest {norm} adversarials", fontsize=9)
-    figure.tight_layout()
-    return figure

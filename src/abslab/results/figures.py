@@ -1,5 +1,7 @@
-"""The paper's figures across models: accuracy-vs-distance curves per norm (with the paper's
-own curves or numbers beside them), the gallery of smallest adversarials, distal adversarials."""
+"""Every figure of the report, from its cells: accuracy-vs-distance curves per norm (with the
+paper's own curves or numbers beside them), the gallery of smallest adversarials, distal
+adversarials. evaluate.py draws a run's robustness_curve.png and adversarials.png with the same
+functions on the run's one cell. Labels, order, styles, titles and units come from the cards."""
 
 from __future__ import annotations
 
@@ -13,28 +15,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from abslab.results.paper import ALL_ATTACKS as PAPER_ALL
+from abslab.results.attack_summary import ALL_ROW
+from abslab.results.cards import SPARE_COLORS, ModelCard, NormCard, order
+from abslab.results.cells import Cell
+from abslab.results.tables import block, norms_of, number
 
-# The paper's column order and line styles (abs_spec Part 2, 5).
-MODELS = ("cnn", "binary_cnn", "nearest_neighbor", "madry", "binary_abs", "abs")
-LABELS = {
-    "cnn": "CNN",
-    "binary_cnn": "Binary CNN",
-    "nearest_neighbor": "Nearest Neighbor",
-    "madry": "Madry et al.",
-    "binary_abs": "Binary ABS",
-    "abs": "ABS",
-}
-STYLES = {
-    "cnn": ("tab:orange", ":"),
-    "binary_cnn": ("tab:orange", "--"),
-    "madry": ("tab:orange", "-"),
-    "nearest_neighbor": ("black", ":"),
-    "binary_abs": ("black", "--"),
-    "abs": ("black", "-"),
-}
-NORM_TITLES = {"l2": "L2", "linf": "L∞", "l0": "L0"}
-PAPER_CURVE_FILES = {"l2": "L2", "linf": "Linf", "l0": "L0"}
+PaperCurves = dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]  # norm -> model -> (x, acc %)
 
 
 class _NumpyScalars(pickle.Unpickler):
@@ -55,14 +41,17 @@ class _NumpyScalars(pickle.Unpickler):
         return np.dtype
 
 
-def load_paper_curves(folder: str | Path) -> dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]:
-    """The paper's curves, norm -> model -> (distance, accuracy %), from the figures/ folder of
-    a clone of jonasrauber/analysis-by-synthesis (*_accuracy_distortion_curves.pickle; the data
-    is read from there, not copied into abslab: that repository has no license)."""
-    by_label = {label: name for name, label in LABELS.items()}
-    curves: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
-    for norm, stem in PAPER_CURVE_FILES.items():
-        path = Path(folder) / f"{stem}_accuracy_distortion_curves.pickle"
+def load_paper_curves(folder: str | Path, cells: list[Cell]) -> PaperCurves:
+    """The paper's curves of the cells' norms and models, norm -> model -> (distance, accuracy
+    %), from the figures/ folder of a clone of jonasrauber/analysis-by-synthesis
+    (<norm card's paper_curves>_accuracy_distortion_curves.pickle, whose curves are keyed by the
+    model cards' labels). The data is read from there, not copied into abslab: that repository
+    has no license."""
+    curves: PaperCurves = {}
+    for norm in norms_of(cells):
+        if norm.paper_curves is None:
+            continue
+        path = Path(folder) / f"{norm.paper_curves}_accuracy_distortion_curves.pickle"
         if not path.is_file():
             raise FileNotFoundError(
                 f"--paper-curves {folder}: no {path.name} there. Give the figures/ folder of "
@@ -70,7 +59,8 @@ def load_paper_curves(folder: str | Path) -> dict[str, dict[str, tuple[np.ndarra
             )
         with path.open("rb") as f:
             data = _NumpyScalars(f).load()
-        curves[norm] = {
+        by_label = {c.model.label: c.model.name for c in block(cells, norm)}
+        curves[norm.name] = {
             by_label[label]: (np.array(c["x"], float), np.array(c["y"], float))
             for label, c in data.items()
             if label in by_label
@@ -78,67 +68,78 @@ def load_paper_curves(folder: str | Path) -> dict[str, dict[str, tuple[np.ndarra
     return curves
 
 
-def curves_figure(
-    results: dict[str, dict[str, dict[str, Any]]],
-    paper_curves: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] | None,
-) -> plt.Figure:
-    """One panel per norm: each model's all-attacks accuracy against distance (solid/dotted in
-    the paper's styles), the paper's curve thin and faded beside it where given, else the
-    paper's two numbers (median at 50%, accuracy at the threshold) as hollow markers.
-    results: norm -> model -> {"epsilons", "curve" (fractions), "threshold", "n"}."""
-    norms = [n for n in NORM_TITLES if n in results]
+def styles(models: list[ModelCard]) -> dict[str, tuple[str, str]]:
+    """model -> (colour, line) from the cards; models whose card names no colour get spare
+    colours, one each, in order."""
+    spare = iter(SPARE_COLORS * (len(models) // len(SPARE_COLORS) + 1))
+    return {m.name: (m.color or next(spare), m.line) for m in sorted(models, key=order)}
+
+
+def curves_figure(cells: list[Cell], paper_curves: PaperCurves | None) -> plt.Figure:
+    """One panel per norm: each model's all-attacks accuracy against distance in its card's
+    style, the paper's curve thin and faded beside it where given, else the paper's two numbers
+    (median at 50%, accuracy at the threshold) as hollow markers. A panel of one model (a run's
+    own figure) also draws each attack's curve thin."""
+    norms = norms_of(cells)
     figure, axes = plt.subplots(1, len(norms), figsize=(5 * len(norms), 4), squeeze=False)
+    style = styles([c.model for c in cells])
     for axis, norm in zip(axes[0], norms):
-        any_run = next(iter(results[norm].values()))
-        threshold, xmax = any_run["threshold"], any_run["epsilons"][-1]
-        for model in MODELS:
-            color, style = STYLES[model]
-            if model in results[norm]:
-                r = results[norm][model]
-                accuracy = 100 * np.array(r["curve"])
-                axis.plot(
-                    r["epsilons"],
-                    accuracy,
-                    style,
-                    color=color,
-                    linewidth=2,
-                    label=f"{LABELS[model]} (N={r['n']})",
-                )
-            paper = (paper_curves or {}).get(norm, {}).get(model)
+        mine = block(cells, norm)
+        threshold, epsilons = mine[0].stats["threshold"], mine[0].stats["curve_epsilons"]
+        for cell in mine:
+            color, line = style[cell.model.name]
+            attacks = cell.stats["attacks"]
+            if len(mine) == 1:
+                for name in cell.attacks:
+                    accuracy = 100 * np.array(attacks[name]["curve_accuracy"])
+                    axis.plot(epsilons, accuracy, linewidth=1, alpha=0.7, label=name)
+            axis.plot(
+                epsilons,
+                100 * np.array(attacks[ALL_ROW]["curve_accuracy"]),
+                line,
+                color=color,
+                linewidth=2,
+                label=f"{cell.model.label} (N={cell.stats['n_samples']})",
+            )
+            paper = (paper_curves or {}).get(norm.name, {}).get(cell.model.name)
+            numbers = cell.model.paper.get(norm.name)
             if paper is not None:
-                axis.plot(paper[0], paper[1], style, color=color, linewidth=1, alpha=0.4)
-            elif model in PAPER_ALL.get(norm, {}):
-                median, accuracy_at = PAPER_ALL[norm][model]
+                axis.plot(paper[0], paper[1], line, color=color, linewidth=1, alpha=0.4)
+            elif numbers is not None:
                 axis.plot(
-                    [median, threshold],
-                    [50, 100 * accuracy_at],
+                    [numbers[0], threshold],
+                    [50, 100 * numbers[1]],
                     "o",
                     mfc="none",
                     color=color,
                     markersize=5,
                 )
         axis.axvline(threshold, color="grey", linewidth=0.8)
-        axis.set_xlim(0, xmax)
+        axis.set_xlim(0, epsilons[-1])
         axis.set_ylim(0, 100)
-        axis.set_xlabel(f"{NORM_TITLES[norm]} distance" + (" (pixels)" if norm == "l0" else ""))
+        axis.set_xlabel(f"{norm.title} distance{norm.unit}")
         axis.set_ylabel("accuracy (%)")
         paper_what = "faded: the paper's curves" if paper_curves else "circles: the paper's numbers"
-        axis.set_title(f"{NORM_TITLES[norm]}, all attacks ({paper_what})", fontsize=9)
+        axis.set_title(f"{norm.title}, all attacks ({paper_what})", fontsize=9)
         axis.legend(fontsize=7)
     figure.tight_layout()
     return figure
 
 
-def gallery_figure(rows: dict[str, dict[str, Any]], norm: str) -> plt.Figure:
-    """The paper's gallery: one row per model, one column per digit, the smallest adversarial
-    of the first evaluated test image of that digit, annotated true -> predicted, distance.
-    rows: model -> the arrays of an adversarials.npz (label, adv_pred, distance, images)."""
-    models = [m for m in MODELS if m in rows]
+def _row_label(axis: plt.Axes, label: str) -> None:
+    axis.text(-0.15, 0.5, label, transform=axis.transAxes, ha="right", va="center", fontsize=8)
+
+
+def gallery_figure(cells: list[Cell], norm: NormCard) -> plt.Figure:
+    """The paper's gallery of one norm: one row per model, one column per digit, the smallest
+    adversarial of the first evaluated test image of that digit, annotated true -> predicted,
+    distance (images from the cells' adversarials: label, adv_pred, distance, images)."""
+    mine = [c for c in block(cells, norm) if c.adversarials]
     figure, axes = plt.subplots(
-        max(len(models), 1), 10, figsize=(12, 1.45 * max(len(models), 1)), squeeze=False
+        max(len(mine), 1), 10, figsize=(12, 1.45 * max(len(mine), 1)), squeeze=False
     )
-    for r, model in enumerate(models):
-        data = rows[model]
+    for r, cell in enumerate(mine):
+        data = cell.adversarials
         for digit in range(10):
             axis = axes[r, digit]
             axis.axis("off")
@@ -148,18 +149,10 @@ def gallery_figure(rows: dict[str, dict[str, Any]], norm: str) -> plt.Figure:
             k = hits[0]
             axis.imshow(data["images"][k], cmap="gray", vmin=0, vmax=1)
             axis.set_title(
-                f"{digit}→{data['adv_pred'][k]} {data['distance'][k]:.3g}", fontsize=7, pad=2
+                f"{digit}→{data['adv_pred'][k]} {number(data['distance'][k])}", fontsize=7, pad=2
             )
-        axes[r, 0].text(
-            -0.15,
-            0.5,
-            LABELS[model],
-            transform=axes[r, 0].transAxes,
-            ha="right",
-            va="center",
-            fontsize=8,
-        )
-    figure.suptitle(f"Smallest {NORM_TITLES[norm]} adversarials", fontsize=10)
+        _row_label(axes[r, 0], cell.model.label)
+    figure.suptitle(f"Smallest {norm.title} adversarials", fontsize=10)
     figure.tight_layout()
     return figure
 
@@ -167,8 +160,9 @@ def gallery_figure(rows: dict[str, dict[str, Any]], norm: str) -> plt.Figure:
 def distal_figure(results: dict[str, dict[str, Any]]) -> plt.Figure:
     """Distal adversarials: one row per model, one column per target digit, each titled with
     the calibrated confidence it reached. results: model -> {"targets", "confidence",
-    "images" (T, 28, 28), "steps"}."""
-    models = [m for m in MODELS if m in results] + [m for m in results if m not in MODELS]
+    "images" (T, 28, 28), "steps", and "card" (a ModelCard; absent: the model's name)}."""
+    cards = {m: r.get("card") or ModelCard(m, label=m) for m, r in results.items()}
+    models = sorted(results, key=lambda m: order(cards[m]))
     columns = max(len(r["targets"]) for r in results.values())
     figure, axes = plt.subplots(
         len(models), columns, figsize=(1.2 * columns + 1, 1.4 * len(models)), squeeze=False
@@ -180,15 +174,7 @@ def distal_figure(results: dict[str, dict[str, Any]]) -> plt.Figure:
             axis.imshow(np.asarray(result["images"][c]), cmap="gray", vmin=0, vmax=1)
             axis.set_title(f"{target}: p={result['confidence'][c]:.2f}", fontsize=7, pad=2)
             axis.axis("off")
-        axes[r, 0].text(
-            -0.15,
-            0.5,
-            LABELS.get(model, model),
-            transform=axes[r, 0].transAxes,
-            ha="right",
-            va="center",
-            fontsize=8,
-        )
+        _row_label(axes[r, 0], cards[model].label)
     figure.suptitle(
         f"Distal adversarials: noise optimised to each digit (at most {result['steps']} steps)",
         fontsize=9,

@@ -14,7 +14,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from abslab.attacks.distal import distal_adversarials
-from abslab.attacks.estimators import GradientEstimator
+from abslab.attacks.ranges import BUDGET_RANGES, check_settings
+from abslab.attacks.suite import estimator_of
 from abslab.results.figures import distal_figure
 from abslab.tasks.evaluate import load_defense, save_figure
 from abslab.utils.loggers import log_summary
@@ -32,16 +33,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     output_dir = Path(cfg.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     settings = cfg.distal
-    steps = cfg.budget.get("distal_steps") or settings.steps
+    check_settings(cfg.budget, "budget", BUDGET_RANGES)  # budget.distal_steps: the step count
+    steps = cfg.budget.distal_steps
     model, ckpt = load_defense(cfg)
     model.attach_data(instantiate(cfg.data))
     model.eval()
     estimated = settings.estimate_all or model.gradient == "none"
-    estimator = (
-        GradientEstimator(settings.estimator, step=settings.ge_step, samples=settings.ge_samples)
-        if estimated
-        else None
-    )
+    estimator = estimator_of(settings.estimator, "distal.estimator") if estimated else None
     start = time.time()
     commit = git_commit()
     with logged_run(cfg) as logger:
@@ -74,7 +72,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             "pretrained": model.pretrained if ckpt is None else None,
             "distal": {
                 "steps": steps,
-                "gradient": f"estimated ({settings.estimator})" if estimated else model.gradient,
+                "gradient": (
+                    f"estimated ({settings.estimator.kind})" if estimated else model.gradient
+                ),
                 "confidence_level": settings.confidence,
                 "targets": targets.tolist(),
                 "confidence": [round(float(c), 4) for c in result.confidence],

@@ -12,25 +12,32 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import Logger, WandbLogger
 
 from abslab.attacks.budget import apply_budget
 from abslab.attacks.suite import build_attacks
 from abslab.callbacks.attack_evaluation import AttackEvaluation
 from abslab.models import registry
-from abslab.models.base import Defense, build_defense
-from abslab.models.checkpoints import load_checkpoint_weights
-from abslab.models.pretrained import WeightsError
-from abslab.results.attack_summary import (
-    adversarial_gallery,
-    curve_epsilons,
-    robustness_curve,
-    summarize,
-)
+from abslab.models.base import Defense
+from abslab.results.attack_summary import curve_epsilons, summarize
+from abslab.results.cards import ModelCard, NormCard
+from abslab.results.cells import run_cell
+from abslab.results.figures import curves_figure, gallery_figure
 from abslab.results.per_sample import CLEAN_ONLY, COLUMNS, read_rows, smallest_adversarials
+from abslab.results.reconstructions import reconstruction_figure
 from abslab.utils.loggers import log_summary
 from abslab.utils.run_io import git_commit, provenance, write_summary
+from abslab.utils.run_records import (
+    check_resume,
+    check_resume_mode,
+    config_hash,
+    index_ranges,
+    segment,
+    segments_summary,
+    weights_hash,
+    write_final_config,
+)
 from abslab.utils.seeding import seed_if_given
 from abslab.utils.task import logged_run
 
@@ -38,36 +45,9 @@ log = logging.getLogger(__name__)
 
 
 def load_defense(cfg: DictConfig) -> tuple[Defense, str | None]:
-    """The model of `cfg.model` and the checkpoint it loaded: weights from `cfg.ckpt`, else
-    `model.pretrained`, else by name from `cfg.weights` (own or published)."""
-    ckpt = cfg.ckpt
-    if ckpt is None and cfg.model.get("pretrained") is None:
-        found, overrides = registry.resolve(
-            cfg.model.name, cfg.weights, cfg.registry, cfg.published_root
-        )
-        ckpt = str(found) if found is not None else None
-        with open_dict(cfg):  # the run's config says what ran (binary ABS: fitted scalars)
-            cfg.model.update(overrides)
-    model = build_defense(cfg.model)
-    if ckpt is not None:
-        load_checkpoint_weights(model, ckpt)
-    elif model.needs_training and model.pretrained is None:
-        raise WeightsError(
-            f"model={model.name} has no weights: give ckpt=PATH (a checkpoint from train.py),"
-            " weights=own (trained with experiment=<name>) or, where published weights exist,"
-            " model.pretrained=PATH or weights=published."
-        )
-    return model, ckpt
-
-
-def resolve_substitutes(cfg: DictConfig) -> None:
-    """Transfer attacks' `substitute_weights: own | published | null` (conf/attack: the run's
-    `weights`) to the transfer CNN's file."""
-    for spec in (cfg.get("attack") or {}).values():
-        if "substitute_weights" in spec:
-            spec.substitute_weights = registry.substitute_weights(
-                spec.substitute_weights, cfg.registry, cfg.published_root
-            )
+    """The model of `cfg.model` and the checkpoint it loaded (abslab.models.registry.load_model:
+    `cfg.ckpt`, else `model.pretrained`, else by name from `cfg.weights`)."""
+    return registry.load_model(cfg.model, cfg.weights, cfg.ckpt, cfg.registry, cfg.published_root)
 
 
 def save_figure(figure: Any, path: Path, logger: Logger | None) -> str:
@@ -87,21 +67,21 @@ def _attack_outputs(
     model: Defense,
     rows: list[dict[str, Any]],
     summary: dict[str, Any],
-    datamodule: Any,
+    _datamodule: Any,
     logger: Logger | None,
 ) -> list[str]:
-    """adversarials.npz, robustness_curve.png and adversarials.png of an attacked run."""
+    """adversarials.npz, and the report's curves and gallery figures of the run's one cell as
+    robustness_curve.png and adversarials.png (the datamodule is not needed any more)."""
     output_dir = Path(cfg.output_dir)
     previous = output_dir / "adversarials.npz"
     smallest = smallest_adversarials(output_dir / "adversarials", rows, previous)
     np.savez_compressed(output_dir / "adversarials.npz", **smallest)
-    images = datamodule.test_images(smallest["index"])
-    originals = {int(i): image[0].numpy() for i, image in zip(smallest["index"], images)}
-    curve = robustness_curve(summary, cfg.norm.name, model.name)
-    gallery = adversarial_gallery(originals, smallest, cfg.norm.name, model.name)
+    norm = NormCard.from_config(cfg.norm.name, cfg.norm)
+    card = ModelCard.from_config(model.name, cfg.model.get("card"))
+    cell = run_cell(summary, rows, smallest, card, norm)
     return [
-        save_figure(curve, output_dir / "robustness_curve.png", logger),
-        save_figure(gallery, output_dir / "adversarials.png", logger),
+        save_figure(curves_figure([cell], None), output_dir / "robustness_curve.png", logger),
+        save_figure(gallery_figure([cell], norm), output_dir / "adversarials.png", logger),
     ]
 
 
@@ -109,9 +89,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate `cfg.model` on the test slice under `cfg.norm`'s attacks (`cfg.attack`)."""
     seed_if_given(cfg.seed)
     torch.set_flush_denormal(cfg.flush_denormals)
+    check_resume_mode(cfg.resume)
     output_dir = Path(cfg.output_dir)
     apply_budget(cfg)
-    resolve_substitutes(cfg)
     datamodule = instantiate(cfg.data)
     model, ckpt = load_defense(cfg)
     attacks, skipped = build_attacks(cfg.get("attack"), cfg.norm.name, model)
@@ -119,16 +99,33 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     datamodule.setup("test")
     wanted = set(datamodule.test_set.tensors[2].tolist())
     csv_path = output_dir / "per_sample.csv"
-    done = {(r["index"], r["attack"]) for r in read_rows(csv_path) if r["index"] in wanted}
+    on_disk = read_rows(csv_path)
+    done = {(r["index"], r["attack"]) for r in on_disk if r["index"] in wanted}
     finished = {i for i in wanted if all((i, name) in done for name in names)}
     if finished:
         log.info(
             "Resuming %s: %d of %d samples are finished.", output_dir, len(finished), len(wanted)
         )
-    datamodule.skip_test_indices = finished
+    datamodule.skip_test_indices(finished)
     start = time.time()
     commit = git_commit()  # at the start: the code that runs, whatever HEAD is later
-    with logged_run(cfg) as logger:
+    final = OmegaConf.to_container(cfg, resolve=True)  # cfg as it runs: budget, weights applied
+    weights = weights_hash(model)
+    forced = check_resume(output_dir, final, weights, cfg.resume) if on_disk else []
+    write_final_config(output_dir, cfg)
+    attacked = sorted(wanted - finished)
+    with (
+        logged_run(cfg) as logger,
+        segment(
+            output_dir,
+            commit=commit,
+            config_hash=config_hash(final),
+            weights_hash=weights,
+            samples=index_ranges(attacked),
+            n_samples=len(attacked),
+            **({"forced": forced} if forced else {}),
+        ) as this_segment,
+    ):
         evaluation = AttackEvaluation(
             attacks,
             output_dir,
@@ -162,7 +159,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             epsilons = curve_epsilons(cfg.norm)
             summary.update(summarize(rows, names, float(cfg.norm.threshold), epsilons))
             summary["skipped_attacks"] = skipped
-            summary["budgets"] = {a.name: {"source": a.source, **a.budget()} for a in attacks}
+            summary["budgets"] = {a.name: {"source": a.source, **a.settings()} for a in attacks}
         summary.update(
             sweep_name=cfg.sweep_name,
             budget=cfg.budget.name,
@@ -173,16 +170,19 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             **provenance(output_dir, start, commit),
         )
         figures = _attack_outputs(cfg, model, rows, summary, datamodule, logger) if attacks else []
-        if cfg.figure_samples > 0 and len(datamodule.test_set) > 0:
+        if cfg.figure_samples > 0 and model.reconstructs and len(datamodule.test_set) > 0:
             x, y, _ = datamodule.test_set[: cfg.figure_samples]
-            for name, figure in model.figures(x, y).items():
-                figures.append(save_figure(figure, output_dir / f"{name}.png", logger))
+            with torch.no_grad():
+                out = model.infer(x.to(model.device))
+            figure = reconstruction_figure(x, y, out.logits, out.reconstructions)
+            figures.append(save_figure(figure, output_dir / "reconstructions.png", logger))
         summary["figures"] = figures
         log_summary(logger, summary)
         if isinstance(logger, WandbLogger):
             data = [[r[c] for c in COLUMNS] for r in rows]
             logger.log_table("per_sample", columns=list(COLUMNS), data=data)
-        summary["config"] = OmegaConf.to_container(cfg, resolve=True)
+        summary["config"] = final
+        summary.update(segments_summary(this_segment.finish()))
         path = write_summary(output_dir, summary)
         log.info("Per-sample results: %s", csv_path)
         log.info("Summary: %s", path)

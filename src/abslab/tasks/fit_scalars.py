@@ -1,4 +1,4 @@
-"""Fit binary ABS's per-class ELBO scalars on the validation split (abs_spec 2.5).
+"""Fit binary ABS's per-class ELBO scalars on the validation split (docs/paper.md §3.6).
 
 python -m abslab.tasks.fit_scalars --ckpt RUN/checkpoints/last.ckpt --root ../shared/data/mnist
 

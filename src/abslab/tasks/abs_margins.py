@@ -1,6 +1,6 @@
 """How class-specific two ABS models' VAEs are: own-class against other-class bounds.
 
-python -m abslab.results.abs_margins --ckpt checkpoints/abs.ckpt --samples 1000
+python -m abslab.tasks.abs_margins --ckpt checkpoints/abs.ckpt --samples 1000
 
 ABS classifies by the lowest bound D_c(x) = min_z ||x - G_c(z)||^2 + beta/2 ||z||^2 (/784), so
 what decides its accuracy (and its robustness) is how well each class's decoder explains its own

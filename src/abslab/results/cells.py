@@ -1,0 +1,211 @@
+"""The report's unit: one model under one norm, its run dirs' shards merged into one cell.
+
+Reads what evaluate.py left in each run dir (summary.json, per_sample.csv, adversarials.npz,
+distal.npz), never W&B. Overlapping, missing or unfinished shards, shards with other attacks or
+budgets, and runs on different weights are refused with the fix.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from abslab.results.attack_summary import ALL_ROW, curve_epsilons, summarize
+from abslab.results.cards import ModelCard, NormCard, composed, model_card, norm_card
+from abslab.results.per_sample import read_rows
+
+
+class ReportError(ValueError):
+    """Run dirs that cannot be merged into one table; the message names them and the fix."""
+
+
+@dataclass
+class Cell:
+    """One model under one norm: its runs (summaries, with "run_dir"), their per-sample rows,
+    the statistics of `summarize` over them and the smallest adversarials (adversarials.npz
+    arrays, concatenated)."""
+
+    model: ModelCard
+    norm: NormCard
+    runs: list[dict[str, Any]]
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    stats: dict[str, Any] = field(default_factory=dict)
+    attacks: list[str] = field(default_factory=list)
+    adversarials: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def legacy(self) -> list[str]:
+        """The run dirs of a cell made outside results/sweeps/ (older runs, other settings):
+        empty for a sweep's cell."""
+        return sorted({str(r["run_dir"]) for r in self.runs if not _in_sweeps(Path(r["run_dir"]))})
+
+
+def _in_sweeps(run_dir: Path) -> bool:
+    parts = run_dir.resolve().parts
+    return any(a == "results" and b == "sweeps" for a, b in itertools.pairwise(parts))
+
+
+def weights_label(summary: dict[str, Any]) -> str:
+    """own / published / ckpt: which weights a run attacked; none for models without weights
+    (nearest_neighbor), whose runs belong in either table."""
+    if not summary.get("ckpt") and not summary.get("pretrained"):
+        return "none"
+    if summary.get("weights"):
+        return str(summary["weights"])
+    return "published" if summary.get("pretrained") else "ckpt"
+
+
+def changed_budgets(summary: dict[str, Any]) -> list[str]:
+    """`attack.key=value` for each budget a run set away from its conf/attack default (keys
+    conf/attack no longer has, nested configs such as a transfer attack's substitute attacks,
+    and attacks conf does not know: not budgets, none)."""
+    changes = []
+    for name, budget in summary.get("budgets", {}).items():
+        default = (composed("attack", name) or {}).get(name, {})
+        changes += [
+            f"{name}.{key}={value}"
+            for key, value in budget.items()
+            if key in default and not isinstance(default[key], dict) and default[key] != value
+        ]
+    return changes
+
+
+def find_runs(folders: list[Path]) -> tuple[list[dict[str, Any]], list[Path]]:
+    """Summaries (with their run dir) of every finished run under `folders` (sweep dirs or run
+    dirs), and the run dirs that have per-sample rows but no summary yet (interrupted)."""
+    summaries, unfinished = [], []
+    for folder in folders:
+        if not folder.is_dir():
+            raise ReportError(f"{folder} is not a directory: give sweep dirs or run dirs.")
+        for csv_path in sorted(folder.rglob("per_sample.csv")):
+            if not (csv_path.parent / "summary.json").is_file():
+                unfinished.append(csv_path.parent)
+        for path in sorted(folder.rglob("summary.json")):
+            summary = json.loads(path.read_text())
+            summary["run_dir"] = path.parent
+            summaries.append(summary)
+    return summaries, unfinished
+
+
+def shard(summary: dict[str, Any]) -> tuple[int, int]:
+    """The test images [first, stop) a run was asked for."""
+    data = summary["config"]["data"]
+    first = int(data.get("test_offset") or 0)
+    wanted = data.get("test_samples")
+    return first, first + (int(wanted) if wanted is not None else summary["n_samples"])
+
+
+def _budgets(summary: dict[str, Any]) -> dict[str, Any]:
+    """A run's attack budgets, less where the substitute's file lay (a machine's path)."""
+    return {
+        name: {k: v for k, v in budget.items() if k != "substitute_weights"}
+        for name, budget in summary.get("budgets", {}).items()
+    }
+
+
+def _check_shards(label: str, runs: list[dict[str, Any]]) -> None:
+    """Refuse shards of one cell that ran other attacks or budgets, overlap or leave gaps."""
+    names = [list(r.get("attacks", {})) for r in runs]
+    if any(n != names[0] for n in names):
+        listing = "; ".join(f"{r['run_dir']}: {n}" for r, n in zip(runs, names))
+        raise ReportError(f"{label}: shards ran different attacks ({listing}).")
+    for run in runs[1:]:
+        if _budgets(run) != _budgets(runs[0]):
+            raise ReportError(
+                f"{label}: {run['run_dir']} ran other attack budgets than "
+                f"{runs[0]['run_dir']}: rerun one of them with the other's budget."
+            )
+    for before, after in itertools.pairwise(runs):
+        (a0, a1), (b0, b1) = shard(before), shard(after)
+        if b0 < a1:
+            raise ReportError(
+                f"{label}: shards overlap: {before['run_dir']} has test images "
+                f"[{a0}, {a1}) and {after['run_dir']} [{b0}, {b1}). Remove one of them."
+            )
+        if b0 > a1:
+            raise ReportError(
+                f"{label}: test images [{a1}, {b0}) are missing between "
+                f"{before['run_dir']} and {after['run_dir']}. Run that shard: "
+                f"data.test_offset={a1} data.test_samples={b0 - a1}."
+            )
+
+
+def merge_cell(runs: list[dict[str, Any]]) -> Cell:
+    """One cell from its shards (all of one model and norm): checks them, then recomputes the
+    statistics from all their per-sample rows."""
+    runs = sorted(runs, key=shard)
+    model, norm = runs[0]["model"], runs[0]["norm"]
+    _check_shards(f"{model}, {norm}", runs)
+    attacks = [a for a in runs[0].get("attacks", {}) if a != ALL_ROW]
+    cell = Cell(model_card(runs[0]), norm_card(runs[0]), runs, attacks=attacks)
+    for run in runs:
+        first, stop = shard(run)
+        rows = [
+            r for r in read_rows(run["run_dir"] / "per_sample.csv") if first <= r["index"] < stop
+        ]
+        done = {(r["index"], r["attack"]) for r in rows}
+        missing = [i for i in range(first, stop) for a in attacks if (i, a) not in done]
+        if missing:
+            raise ReportError(
+                f"{model}, {norm}: {run['run_dir']} lacks {len(missing)} (sample, attack) rows of "
+                f"[{first}, {stop}): rerun its sweep to finish it."
+            )
+        cell.rows += rows
+    config = runs[0]["config"]["norm"]
+    cell.stats = summarize(cell.rows, attacks, float(config["threshold"]), curve_epsilons(config))
+    parts = []
+    for run in runs:
+        path = run["run_dir"] / "adversarials.npz"
+        if path.is_file():
+            with np.load(path) as data:
+                parts.append({k: data[k] for k in data.files})
+    if parts:
+        cell.adversarials = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    return cell
+
+
+def run_cell(
+    summary: dict[str, Any],
+    rows: list[dict[str, Any]],
+    adversarials: dict[str, np.ndarray],
+    model: ModelCard,
+    norm: NormCard,
+) -> Cell:
+    """The cell of one run as evaluate.py finishes it: its summary's statistics as they are."""
+    attacks = [a for a in summary["attacks"] if a != ALL_ROW]
+    return Cell(model, norm, [summary], rows, summary, attacks, adversarials)
+
+
+def build_cells(summaries: list[dict[str, Any]]) -> list[Cell]:
+    """The merged cells of attacked runs of one weights label, in the cards' order."""
+    labels = {weights_label(s) for s in summaries} - {"none"}
+    if len(labels) > 1:
+        raise ReportError(
+            f"The runs attacked different weights ({', '.join(sorted(labels))}): report each "
+            "on its own (e.g. results/sweeps/*_own_cpu, then *_published_cpu with --out)."
+        )
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for s in summaries:
+        groups[(s["norm"], s["model"])].append(s)
+    return [merge_cell(runs) for runs in groups.values()]
+
+
+def distal_results(summaries: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """model -> its card, distal settings and images (T, 28, 28), from distal runs."""
+    results = {}
+    for s in summaries:
+        with np.load(s["run_dir"] / "distal.npz") as data:
+            images = data["images"]
+        results[s["model"]] = {
+            **s["distal"],
+            "images": images,
+            "weights": weights_label(s),
+            "card": model_card(s),
+        }
+    return results

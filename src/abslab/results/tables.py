@@ -1,0 +1,243 @@
+"""Every table of the report, from its cells: the markdown blocks (one per norm, one column per
+model, every attack's row, the all-attacks row, the paper's beside it and the difference), the
+CSV (per norm, model and attack, with counts, queries and seconds per sample), the LaTeX
+tabular, the distal table, and the table of run dirs' summaries (train or clean-accuracy runs).
+Models, norms, labels, order and paper numbers come from the cells' cards."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from abslab.results.attack_summary import ALL_ROW
+from abslab.results.cards import NormCard, order
+from abslab.results.cells import Cell, changed_budgets, shard
+
+MEDIAN_TOLERANCE = 0.15  # relative difference to the paper's median that the notes must explain
+ACCURACY_TOLERANCE = 0.05  # accuracy points (as a fraction)
+
+
+def number(value: float | None) -> str:
+    """A distance as every table writes it: 3 significant digits, ∞ for None or infinity."""
+    if value is None or (isinstance(value, float) and math.isinf(value)):
+        return "∞"
+    return f"{value:.3g}"
+
+
+def _cell_text(stats: dict[str, Any] | None) -> str:
+    if stats is None:
+        return ""
+    return f"{number(stats['median_distance'])} / {100 * stats['accuracy_at_threshold']:.0f}%"
+
+
+def norms_of(cells: list[Cell]) -> list[NormCard]:
+    """The norms of the cells, in their cards' order."""
+    return sorted({c.norm.name: c.norm for c in cells}.values(), key=order)
+
+
+def block(cells: list[Cell], norm: NormCard) -> list[Cell]:
+    """One norm's cells, in the model cards' order."""
+    return sorted((c for c in cells if c.norm.name == norm.name), key=lambda c: order(c.model))
+
+
+def paper_figure(cell: Cell) -> tuple[float, float] | None:
+    """The paper's all-attacks (median, accuracy at the threshold) of the cell's model and norm."""
+    return cell.model.paper.get(cell.norm.name)
+
+
+def difference(cell: Cell) -> tuple[str, bool]:
+    """abslab's all-attacks figure against the paper's: text and whether it needs a reason
+    (median off by more than 15% relative, or accuracy by more than 5 points)."""
+    paper = paper_figure(cell)
+    if paper is None:
+        return "", False
+    stats = cell.stats["attacks"][ALL_ROW]
+    median = stats["median_distance"]
+    relative = math.inf if median is None else median / paper[0] - 1
+    points = stats["accuracy_at_threshold"] - paper[1]
+    flagged = abs(relative) > MEDIAN_TOLERANCE or abs(points) > ACCURACY_TOLERANCE
+    text = f"{relative:+.0%} / {100 * points:+.0f} pts" + (" **!**" if flagged else "")
+    return text, flagged
+
+
+def _paper_text(cell: Cell) -> str:
+    paper = paper_figure(cell)
+    return "" if paper is None else f"{paper[0]:.3g} / {100 * paper[1]:.0f}%"
+
+
+def budget_names(cell: Cell) -> str:
+    return ",".join(sorted({r.get("budget") or "none" for r in cell.runs}))
+
+
+def _provenance_text(cell: Cell) -> str:
+    legacy = f", legacy: {', '.join(cell.legacy)}" if cell.legacy else ""
+    return f"{cell.stats['n_samples']} / {budget_names(cell)}{legacy}"
+
+
+def table_rows(cells: list[Cell]) -> list[list[str]]:
+    """Rows of one norm's block (cells in column order): attacks, all attacks, the paper's, the
+    difference, clean accuracy, N / budget (and the source of a legacy cell)."""
+    attacks: list[str] = []
+    for cell in cells:
+        attacks += [a for a in cell.attacks if a not in attacks]
+    rows = []
+    for attack in [*attacks, ALL_ROW]:
+        label = "**all attacks**" if attack == ALL_ROW else attack
+        rows.append([label, *[_cell_text(c.stats["attacks"].get(attack)) for c in cells]])
+    rows.append(["paper, all attacks", *[_paper_text(c) for c in cells]])
+    rows.append(["difference", *[difference(c)[0] for c in cells]])
+    rows.append(["clean accuracy", *[f"{100 * c.stats['clean_accuracy']:.1f}%" for c in cells]])
+    rows.append(["N / budget", *[_provenance_text(c) for c in cells]])
+    return rows
+
+
+def _run_line(cell: Cell, run: dict[str, Any]) -> str:
+    first, stop = shard(run)
+    lowered = ", ".join(changed_budgets(run)) or "none"
+    return (
+        f"- {cell.model.label} [{first}, {stop}): `{run['command']}`; commit {run['commit']}; "
+        f"{run['hardware']}; wall time {run['wall_time_s']:.0f} s; budget "
+        f"{run.get('budget') or 'none'} (lowered: {lowered}); weights "
+        f"{run.get('ckpt') or run.get('pretrained') or 'none needed'}"
+    )
+
+
+def markdown(cells: list[Cell], distal: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
+    """The report as markdown: the blocks with their runs, the distal table, the figures, the
+    notes. meta: title, command, weights, figures (paths), notes (text or None)."""
+    thresholds = ", ".join(
+        f"{n.title} {block(cells, n)[0].stats['threshold']:g}" for n in norms_of(cells)
+    )
+    out = [f"# {meta['title']}", ""]
+    out += [
+        f"Cells: median adversarial distance / accuracy at the threshold ({thresholds})"
+        " over the first N test images; a clean misclassification counts as distance 0, an "
+        "unbroken sample as ∞. All attacks: per-sample minimum. Difference: abslab's all-attacks "
+        "median relative to the paper's / accuracy points; **!** marks more than 15% or 5 "
+        "points (the notes below say why). A legacy cell rests on runs made outside "
+        "results/sweeps/ (named in its N / budget row).",
+        "",
+        f"- report: `{meta['command']}`; each run's command, commit, hardware and wall time are "
+        "listed under its block; the curves figure draws the paper's curves where the report "
+        "was given `--paper-curves` (a local clone of the co-author's figure data), else the "
+        "paper's two numbers per curve, and its panel titles say which",
+        f"- weights: {meta['weights']}",
+    ]
+    for norm in norms_of(cells):
+        mine = block(cells, norm)
+        out += ["", f"## {norm.title}", ""]
+        out.append("| attack | " + " | ".join(c.model.label for c in mine) + " |")
+        out.append("|---|" + "---|" * len(mine))
+        out += ["| " + " | ".join(row) + " |" for row in table_rows(mine)]
+        out += ["", "Runs:", ""]
+        out += [_run_line(cell, run) for cell in mine for run in cell.runs]
+    if distal:
+        out += ["", "## Distal adversarials", ""]
+        out.append("| model | reached p ≥ level | steps (max) | gradient | weights |")
+        out.append("|---|---|---|---|---|")
+        for d in sorted(distal.values(), key=lambda d: order(d["card"])):
+            out.append(
+                f"| {d['card'].label} | {d['reached']} of {len(d['targets'])} | "
+                f"{d['steps']} | {d['gradient']} | {d['weights']} |"
+            )
+    out += ["", "## Figures", ""]
+    out += [f"![{Path(f).stem}]({Path(f).name})" for f in meta["figures"]]
+    if meta.get("notes"):
+        out += ["", meta["notes"].strip()]
+    return "\n".join(out) + "\n"
+
+
+def csv_rows(cells: list[Cell]) -> list[dict[str, Any]]:
+    """One row per norm, model and attack (and all attacks): the figures of the tables, the
+    paper's for the all-attacks row, the counts, queries and seconds per sample, and the run
+    dirs of a legacy cell."""
+    rows = []
+    for cell in sorted(cells, key=lambda c: (c.norm.name, c.model.name)):
+        for attack, stats in cell.stats["attacks"].items():
+            paper = paper_figure(cell) if attack == ALL_ROW else None
+            rows.append(
+                {
+                    "norm": cell.norm.name,
+                    "model": cell.model.name,
+                    "attack": attack,
+                    "median": stats["median_distance"],
+                    "accuracy_at_threshold": stats["accuracy_at_threshold"],
+                    "n_samples": stats["n_samples"],
+                    "budget": budget_names(cell),
+                    "paper_median": paper[0] if paper else None,
+                    "paper_accuracy": paper[1] if paper else None,
+                    "broken": stats["successes"],
+                    "not_broken": stats["failures"],
+                    "errors": stats["errors"],
+                    "queries_per_sample": stats["queries_per_sample"],
+                    "seconds_per_sample": stats["seconds_per_sample"],
+                    "legacy_source": ";".join(cell.legacy),
+                }
+            )
+    return rows
+
+
+def _tex(text: str) -> str:
+    return (
+        text.replace(" **!**", "$^\\dagger$")
+        .replace("**", "")
+        .replace("_", "\\_")
+        .replace("%", "\\%")
+        .replace("∞", "$\\infty$")
+    )
+
+
+def latex(cells: list[Cell]) -> str:
+    """The blocks as a LaTeX tabular (booktabs), one column per model."""
+    models = sorted({c.model.name: c.model for c in cells}.values(), key=order)
+    lines = [
+        "\\begin{tabular}{l" + "c" * len(models) + "}",
+        "\\toprule",
+        " & ".join(["", *[m.label for m in models]]) + " \\\\",
+    ]
+    for norm in norms_of(cells):
+        mine = block(cells, norm)
+        lines += ["\\midrule", f"\\multicolumn{{{len(models) + 1}}}{{l}}{{{norm.name}}} \\\\"]
+        for row in table_rows(mine):
+            texts = dict(zip((c.model.name for c in mine), row[1:]))
+            values = [texts.get(m.name, "") for m in models]
+            lines.append(" & ".join(_tex(t) for t in [row[0], *values]) + " \\\\")
+    lines += ["\\bottomrule", "\\end{tabular}"]
+    return "\n".join(lines) + "\n"
+
+
+RUN_COLUMNS = {
+    "model": "model",
+    "n_samples": "samples",
+    "clean_accuracy": "clean acc.",
+    "test_acc": "test acc.",
+    "norm": "norm",
+    "epochs": "epochs",
+    "wall_time_s": "wall time (s)",
+    "commit": "commit",
+    "hardware": "hardware",
+    "command": "command",
+}
+
+
+def _run_value(key: str, value: object) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float) and key.endswith(("accuracy", "acc")):
+        return f"{100 * value:.2f}%"
+    if key == "command":
+        return f"`{value}`"
+    return str(value)
+
+
+def runs_table(run_dirs: list[Path]) -> str:
+    """One row per run dir's summary.json (train or evaluate runs); only the columns some run
+    has (results/baselines.md)."""
+    summaries = [json.loads((d / "summary.json").read_text()) for d in run_dirs]
+    keys = [k for k in RUN_COLUMNS if any(k in s for s in summaries)]
+    lines = ["| " + " | ".join(RUN_COLUMNS[k] for k in keys) + " |", "|" + "---|" * len(keys)]
+    for summary in summaries:
+        lines.append("| " + " | ".join(_run_value(k, summary.get(k)) for k in keys) + " |")
+    return "\n".join(lines)
