@@ -62,18 +62,44 @@ def weights_label(summary: dict[str, Any]) -> str:
 
 
 def changed_budgets(summary: dict[str, Any]) -> list[str]:
-    """`attack.key=value` for each budget a run set away from its conf/attack default (keys
-    conf/attack no longer has, nested configs such as a transfer attack's substitute attacks,
-    and attacks conf does not know: not budgets, none)."""
+    """`attack.key=value` for each setting a run changed from its conf/attack default, nested
+    settings by their dotted path (`fgm_ge.estimator.kind=antithetic`). Keys conf/attack does
+    not have (a substitute's file) and attacks it does not know are not budgets: none."""
     changes = []
-    for name, budget in summary.get("budgets", {}).items():
-        default = (composed("attack", name) or {}).get(name, {})
+    for name, settings in summary.get("budgets", {}).items():
+        default = _flat((composed("attack", name) or {}).get(name, {}))
         changes += [
             f"{name}.{key}={value}"
-            for key, value in budget.items()
-            if key in default and not isinstance(default[key], dict) and default[key] != value
+            for key, value in _flat(_current_keys(settings)).items()
+            if key in default and default[key] != value
         ]
     return changes
+
+
+# Runs before the estimator became a nested config (conf/estimator) recorded it flat.
+_LEGACY_ESTIMATOR_KEYS = {"ge_step": "step", "ge_samples": "samples"}
+
+
+def _current_keys(settings: dict[str, Any]) -> dict[str, Any]:
+    """An attack's recorded settings under today's config keys."""
+    if not isinstance(settings.get("estimator"), str):
+        return settings
+    current = {k: v for k, v in settings.items() if k not in _LEGACY_ESTIMATOR_KEYS}
+    current["estimator"] = {"kind": settings["estimator"]} | {
+        new: settings[old] for old, new in _LEGACY_ESTIMATOR_KEYS.items() if old in settings
+    }
+    return current
+
+
+def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1}."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def find_runs(folders: list[Path]) -> tuple[list[dict[str, Any]], list[Path]]:
