@@ -103,6 +103,33 @@ def mnist_arrays():
     return load_mnist(MNIST_ROOT)
 
 
+def configured_attack(name: str, **settings: Any) -> Attack:
+    """conf/attack/<name>.yaml as evaluate.py composes it, top-level `settings` changed."""
+    from omegaconf import open_dict
+
+    from abslab.attacks.suite import instantiate_attack
+
+    overrides = [f"attack={name}", f"published_root={REFERENCE_MODELS}"]
+    spec = compose_config("evaluate", overrides, Path("unused")).attack[name]
+    with open_dict(spec):
+        spec.update(settings)
+    return instantiate_attack(name, spec)
+
+
+@pytest.fixture(scope="session")
+def small_cnn_batch(mnist_arrays):
+    """The authors' small transfer CNN (52k parameters: cheap to attack for many steps) and the
+    first 8 test images it classifies correctly (8, 1, 28, 28), their labels (8,)."""
+    from abslab.models.cnn import CNNDefense
+
+    cnn = CNNDefense(architecture="transfer", pretrained=str(REFERENCE_MODELS / "cnn")).eval()
+    x = torch.from_numpy(mnist_arrays["test_images"][:12]).float().div(255).unsqueeze(1)
+    y = torch.from_numpy(mnist_arrays["test_labels"][:12].astype("int64"))
+    with torch.no_grad():
+        right = cnn(x).argmax(1) == y
+    return cnn, x[right][:8], y[right][:8]
+
+
 class CrashAtStep(pl.Callback):
     """Raises once training reaches `step`: a crash in the middle of an epoch."""
 

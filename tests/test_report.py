@@ -1,7 +1,8 @@
 """python -m abslab.report: shards merge into one cell, overlaps, gaps and unfinished shards are
 refused with the fix; models and norms are shown as their cards say (recorded, from conf, or a
-default card), never dropped; legacy cells name their source; the committed tables regenerate
-byte for byte with the README's commands."""
+default card), never dropped; legacy cells name their source; the paper's numbers are compared
+with the paper's attacks, all attacks beside them; each attack's AttackBench optimality and the
+suite's cost; the committed tables regenerate byte for byte with the README's commands."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import numpy as np
 import pytest
 
 from abslab.report import ReportError, main, report
+from abslab.results.attack_summary import optimality
 from abslab.results.cells import build_cells, find_runs
 from abslab.results.figures import curves_figure
 from abslab.results.per_sample import append_rows
@@ -54,15 +56,22 @@ def fake_run(
     weights="own",
     norm=NORM,
     model_config=None,
+    paper=None,
 ):
     """A finished run dir of `model` on test images [first, first + n): per attack, sample i
-    has distance distances[i] (the second attack 0.01 farther), 3 queries and 0.25 s."""
+    has distance distances[i] (the second attack 0.01 farther; distances as a dict: attack ->
+    its own distances), 3 queries and 0.25 s. paper: attack -> its recorded `paper` flag
+    (None: a run recorded before the flag)."""
     run_dir = root / f"{model}_{first}"
     run_dir.mkdir(parents=True)
+    if isinstance(distances, dict):
+        attacks, per_attack = tuple(distances), distances
+    else:
+        per_attack = {a: [d + 0.01 * k for d in distances] for k, a in enumerate(attacks)}
     rows = []
-    for k, attack in enumerate(attacks):
+    for attack in attacks:
         for i in range(first, first + n):
-            d = distances[i - first] + 0.01 * k
+            d = per_attack[attack][i - first]
             rows.append(
                 dict(
                     index=i,
@@ -88,7 +97,7 @@ def fake_run(
         "weights": weights,
         "budget": "smoke",
         "attacks": {a: {} for a in [*attacks, "all"]},
-        "budgets": {},
+        "budgets": {a: {"paper": flag} for a, flag in (paper or {}).items()},
         "config": config,
         "command": "python evaluate.py",
         "commit": "abc",
@@ -103,7 +112,7 @@ def fake_run(
         label=np.arange(first, first + n) % 10,
         adv_pred=(np.arange(first, first + n) + 1) % 10,
         attack=np.array(["fgsm"] * n),
-        distance=np.array(distances, float),
+        distance=np.array(per_attack[attacks[0]], float),
         images=np.zeros((n, 28, 28)),
     )
     return run_dir
@@ -133,6 +142,81 @@ def test_shards_merge_into_one_cell_with_the_papers_figure_beside(tmp_path):
         assert (tmp_path / "out" / name).stat().st_size > 1000
 
 
+# A grid of three distances (0, 0.5, 1) for hand-computed optimality; threshold 0.5.
+COARSE = {**L3, "curve_points": 3}
+INF = float("inf")
+
+
+def test_optimality_is_1_for_the_best_curve_0_for_nothing_and_the_area_ratio_between():
+    epsilons = [0.0, 0.5, 1.0]
+    best = [1.0, 0.25, 0.0]  # area 0.25 * (1 + 0.25) + 0.25 * 0.25 = 0.375
+    assert optimality(best, best, epsilons) == 1
+    assert optimality([1.0, 1.0, 1.0], best, epsilons) == 0  # nothing found: area 1
+    # area 0.25 * 1.5 + 0.25 * 1.0 = 0.625: 1 - (0.625 - 0.375) / (1 - 0.375) = 0.6
+    assert optimality([1.0, 0.5, 0.5], best, epsilons) == pytest.approx(0.6)
+    # 5% misclassified clean: an attack that finds nothing stays at 0.95
+    assert optimality([0.95, 0.95, 0.95], [0.95, 0.2, 0.0], epsilons) == 0
+    assert optimality([1.0, 1.0, 1.0], [1.0, 1.0, 1.0], epsilons) is None  # none found any
+
+
+def test_the_papers_numbers_are_compared_with_the_papers_attacks_all_attacks_beside(tmp_path):
+    """pointwise (one of the paper's) is beaten by fmn (not), noise finds nothing: the paper's
+    0.5 / 25% is compared with pointwise's row, the all-attacks row is fmn's."""
+    sweep = tmp_path / "results" / "sweeps" / "new"
+    distances = {
+        "pointwise": [0.2, 0.4, 1.5, 2.0],  # curve at 0, 0.5, 1: 1, 0.5, 0.5
+        "fmn": [0.1, 0.2, 0.3, 0.8],  # 1, 0.25, 0: the best curve
+        "noise": [INF] * 4,  # 1, 1, 1
+    }
+    flags = {"pointwise": True, "fmn": False, "noise": False}
+    fake_run(sweep, "wavelet_net", 0, 4, distances, norm=COARSE, model_config=WAVELET,
+             paper=flags)  # fmt: skip
+    md = report([sweep], tmp_path / "out" / "t", "T", wandb_mode="disabled").read_text()
+    assert "| pointwise | 0.95 / 50% (opt 0.60) |" in md  # median (0.4 + 1.5) / 2
+    assert "| fmn | 0.25 / 25% (opt 1.00) |" in md
+    assert "| noise | ∞ / 100% (opt 0.00) |" in md
+    assert "| **paper's attacks** | 0.95 / 50% |" in md
+    assert "| **all attacks** | 0.25 / 25% |" in md
+    assert "| paper, all attacks | 0.5 / 25% |" in md
+    assert "| difference, paper's attacks | +90% / +25 pts **!** |" in md
+    assert "| difference, all attacks | -50% / +0 pts |" in md
+    assert "| cost: s / image | 0.75 |" in md  # three attacks of 0.25 s each
+    assert "‡" not in md
+    csv_text = (tmp_path / "out" / "t.csv").read_text()
+    assert "l3,wavelet_net,pointwise,0.95,0.5,4,smoke,,,4,0,0,3.0,0.25,,True,0.6\n" in csv_text
+    assert "l3,wavelet_net,noise,,1.0,4,smoke,,,0,4,0,3.0,0.25,,False,0.0\n" in csv_text
+    # the paper's numbers beside both minimum rows; the paper's attacks: 3 queries, 0.25 s
+    assert "l3,wavelet_net,paper_attacks,0.95,0.5,4,smoke,0.5,0.25,4,0,0,3.0,0.25,,,0.6\n" in (
+        csv_text
+    )
+    assert "l3,wavelet_net,all,0.25,0.25,4,smoke,0.5,0.25,4,0,0,9.0,0.75,,,1.0\n" in csv_text
+    figure = curves_figure(build_cells(find_runs([sweep])[0]), None)
+    lines = {line.get_label(): line for line in figure.axes[0].get_lines()}
+    papers = lines["Wavelet Net, paper's attacks"]
+    assert papers.get_linestyle() == ":" and papers.get_color() == "tab:green"
+    assert list(papers.get_ydata()) == [100, 50, 50]
+    assert list(lines["Wavelet Net (N=4)"].get_ydata()) == [100, 25, 0]
+
+
+def test_runs_recorded_before_the_paper_flag_count_every_attack_as_the_papers(tmp_path):
+    sweep = tmp_path / "results" / "sweeps" / "old"
+    fake_run(sweep, "madry", 0, 4, [0.1, 0.4, 0.5, INF])  # fgsm, bim 0.01 farther: no flags
+    # flags in the run's config only (attack.<name>.paper), not among its budgets
+    run = fake_run(sweep, "cnn", 0, 4, [0.05, 0.07, 0.0, 0.09])
+    summary = json.loads((run / "summary.json").read_text())
+    summary["config"]["attack"] = {"fgsm": {"paper": False}, "bim": {"paper": True}}
+    (run / "summary.json").write_text(json.dumps(summary))
+    md = report([sweep], tmp_path / "out" / "t", "T", wandb_mode="disabled").read_text()
+    # cnn: the paper's attacks = bim = [0.06, 0.08, 0.01, 0.1]; madry: both attacks
+    assert "| **paper's attacks** | 0.07 / 0% | 0.45 / 75% ‡ |" in md
+    assert "| **all attacks** | 0.06 / 0% | 0.45 / 75% |" in md
+    assert "| difference, paper's attacks | -7% / +0 pts | +32% / -12 pts **!** |" in md
+    assert "- ‡: the cell's runs were recorded before attacks carried the `paper` flag" in md
+    csv_text = (tmp_path / "out" / "t.csv").read_text()
+    assert "linf,madry,fgsm,0.45,0.75,4,smoke,,,3,1,0,3.0,0.25,,True," in csv_text
+    assert "linf,cnn,fgsm,0.06" in csv_text and ",4,0,0,3.0,0.25,,False,1.0\n" in csv_text
+
+
 def new_model_and_norm(root):
     """A sweep with Madry under L-inf (an old run), and under a norm conf does not know (its
     card recorded): a model conf does not know (card recorded) and one with no card at all."""
@@ -153,7 +237,8 @@ def test_a_new_model_and_norm_are_shown_in_every_table_and_the_curves(tmp_path):
     # wavelet_net, all = per-sample minimum = 0.2, 0.6, inf, 0: median 0.4, 2 of 4 beyond 0.5
     assert "| **all attacks** | 0.4 / 50% | 0.6 / 50% |" in l3  # mystery: 0.3, 0.9
     assert "| paper, all attacks | 0.5 / 25% |  |" in l3
-    assert "| difference | -20% / +25 pts **!** |  |" in l3
+    assert "| difference, paper's attacks | -20% / +25 pts **!** |  |" in l3
+    assert "| difference, all attacks | -20% / +25 pts |  |" in l3  # marked on one row only
     assert "Cells: median adversarial distance / accuracy at the threshold (L∞ 0.3, L3 0.5)" in md
     csv_text = (tmp_path / "out" / "t.csv").read_text()
     assert "l3,wavelet_net,all,0.4,0.5,4,smoke,0.5,0.25,3,1,0,6.0,0.5," in csv_text
@@ -197,7 +282,7 @@ def test_a_cell_from_outside_the_sweeps_is_marked_legacy_with_its_source(tmp_pat
     main([str(old), "--out", str(tmp_path / "out" / "one"), "--wandb", "disabled"])
     md, csv_text, tex = ((tmp_path / "out" / f"one.{s}").read_text() for s in ("md", "csv", "tex"))
     assert f"| N / budget | 2 / smoke, legacy: {old} |" in md
-    assert csv_text.splitlines()[1].endswith(f",{old}")
+    assert f",{old}," in csv_text.splitlines()[1]
     assert "legacy: " + str(old).replace("_", "\\_") in tex
 
 
@@ -264,3 +349,23 @@ def test_the_committed_tables_regenerate_byte_for_byte_with_the_readmes_commands
         for suffix in (".md", ".csv", ".tex"):
             written = (tmp_path / (out + suffix)).read_bytes()
             assert written == (REPO / (out + suffix)).read_bytes(), out + suffix
+
+
+def test_an_attack_added_in_a_run_dir_of_its_own_is_a_layer_of_the_cell(tmp_path):
+    """A finished cell (fgsm, bim on images [0, 4), two shards) and a later run of another
+    attack on the same images: one cell, every attack's row, the minimum over both."""
+    sweep = tmp_path / "results" / "sweeps" / "table1_linf_own_smoke"
+    fake_run(sweep, "madry", 0, 2, [0.1, 0.4])
+    fake_run(sweep, "madry", 2, 2, [0.5, float("inf")])
+    later = tmp_path / "results" / "sweeps" / "added"
+    fake_run(later, "madry", 0, 4, {"apgd_linf": [0.2, 0.2, 0.2, 0.2]})
+    cells = build_cells(find_runs([sweep, later])[0])
+    (cell,) = cells
+    assert cell.attacks == ["fgsm", "bim", "apgd_linf"]
+    # per sample: min(0.1, 0.2), min(0.4, 0.2), min(0.5, 0.2), min(inf, 0.2) -> all 0.2
+    assert cell.stats["attacks"]["all"]["median_distance"] == pytest.approx(0.2)
+    assert cell.stats["attacks"]["all"]["accuracy_at_threshold"] == 0.0
+    assert sorted(cell.adversarials["index"].tolist()) == [0, 1, 2, 3]
+    fake_run(tmp_path / "other", "madry", 0, 2, {"apgd_linf": [0.2, 0.2]})
+    with pytest.raises(ReportError, match="must cover the same test images"):
+        build_cells(find_runs([sweep, tmp_path / "other"])[0])

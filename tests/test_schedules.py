@@ -28,6 +28,7 @@ class Recorder(nn.Module):
 
     gradient = "exact"
     name = "recorder"
+    logit_scale = 1.0  # calibrated units of the harness's margin
 
     def __init__(self, h) -> None:
         super().__init__()
@@ -201,7 +202,7 @@ def test_salt_and_pepper_walks_foolbox_13s_probability_grid(monkeypatch):
     threshold, epsilons, repetitions = 150, 100, 4
     drawn = []
 
-    def first_pixels(x, p):
+    def first_pixels(x, p, _uniform):
         drawn.extend(p.tolist())
         n = torch.floor(p * PIXELS).long()
         mask = torch.arange(PIXELS) < n[:, None]

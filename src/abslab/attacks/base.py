@@ -33,8 +33,21 @@ class Attack:
     autograd for input gradients; `source` says whose code it is (foolbox 3 where foolbox has
     the paper's attack, abslab where foolbox lacks it or differs in a way that matters).
     The harness verifies whatever `run` returns: clips it, re-predicts it, measures it, and
-    also takes the smallest adversarial the QueryModel saw among the queries. `max_queries`
-    (any attack's config key) stops an attack once a sample has used that many queries.
+    also takes the smallest adversarial the QueryModel saw among the queries.
+
+    Keys every attack's config has, taken out by the suite (abslab.attacks.suite):
+    `max_queries` (per sample: a sample that used them is frozen, the others go on), `paper`
+    (the attack is one of the paper's Table 1 rows), `start` ("own": the attack makes its own
+    starting points; "best": `run` gets `start`, each sample's smallest verified adversarial of
+    the suite's earlier attacks, or x where none, and `model.has_start` says which; only
+    attacks with `accepts_start`).
+
+    Independence from the batch: an attack whose result or queries for a sample depend on the
+    other samples of its batch declares `batched = False`: one that draws from torch's or
+    numpy's global generators, or whose loop keeps querying every sample until all are done
+    (foolbox's DeepFool). The harness then runs it one sample at a time, each under the seed of
+    (run seed, attack, test index). Attacks that draw from `model.rand` / `model.randn` (one
+    generator per sample) or nothing, and query a sample only for itself, run batched.
     """
 
     norms: tuple[str, ...] = NORMS
@@ -46,6 +59,10 @@ class Attack:
     # A _ge attack skips models whose autograd gradient is exact (CNN, Madry), as the paper's
     # "w/ GE" rows do: there the estimate only costs queries. Config key of the same name.
     skip_exact_gradients: bool = True
+    paper: bool = False  # one of the paper's Table 1 attacks (config key `paper`)
+    start: str = "own"  # own | best (config key `start`)
+    accepts_start: bool = False  # `run` can start from given adversarials (`start: best`)
+    batched: bool = True  # False: the harness runs it one sample at a time (see above)
 
     def __init__(self, name: str, norm: str) -> None:
         if norm not in self.norms:
@@ -56,8 +73,11 @@ class Attack:
         self.name = name
         self.norm = norm
 
-    def run(self, model: QueryModel, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """x (B, 1, 28, 28) in [0, 1], correctly classified; y (B,) -> adversarials (B, ...)."""
+    def run(
+        self, model: QueryModel, x: torch.Tensor, y: torch.Tensor, start: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """x (B, 1, 28, 28) in [0, 1], correctly classified; y (B,); start (B, 1, 28, 28) or
+        None (see the class docstring) -> adversarials (B, 1, 28, 28)."""
         raise NotImplementedError
 
     def unsupported(self, defense: Defense) -> str | None:
@@ -73,13 +93,18 @@ class Attack:
 
     def settings(self) -> dict[str, Any]:
         """The attack's settings under their config keys, for results files (JSON values)."""
-        hidden = ("name", "max_queries", "estimator", "skip_exact_gradients")
+        hidden = ("name", "max_queries", "paper", "start", "estimator", "skip_exact_gradients")
         settings = {k: v for k, v in vars(self).items() if k[0] != "_" and k not in hidden}
         if self.estimator is not None:
             kind, step, samples = self.estimator.kind, self.estimator.step, self.estimator.samples
             settings["estimator"] = {"kind": kind, "step": step, "samples": samples}
             settings["skip_exact_gradients"] = self.skip_exact_gradients
-        return {"max_queries": self.max_queries, **settings}
+        return {
+            "max_queries": self.max_queries,
+            "paper": self.paper,
+            "start": self.start,
+            **settings,
+        }
 
 
 class SearchAttack(Attack):
@@ -158,6 +183,8 @@ class EpsilonSearchAttack(SearchAttack):
         """The images at eps of each sample of x (B, 1, 28, 28), labels y (B,)."""
         raise NotImplementedError
 
-    def run(self, model: QueryModel, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        start = torch.full((len(x),), self.eps_start, device=x.device)
-        return self.epsilon_search(model, self.make_candidate(model, x, y), y, start)
+    def run(
+        self, model: QueryModel, x: torch.Tensor, y: torch.Tensor, start: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        eps = torch.full((len(x),), self.eps_start, device=x.device)
+        return self.epsilon_search(model, self.make_candidate(model, x, y), y, eps)

@@ -11,15 +11,28 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
 from abslab.attacks.ranges import FRACTION, Range, check_value
 
 # query(images (R, 1, 28, 28), rows (R,)) -> logits (R, 10): counted forward queries of the
-# batch's samples `rows` (abslab.attacks.queries.QueryModel is one; estimators need no more).
+# batch's samples `rows` (abslab.attacks.queries.QueryModel, whose per-sample generators the
+# antithetic directions also draw from).
 Query = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class Sampled(Protocol):
+    """A Query that also draws random numbers per sample (QueryModel): `randn(rows, shape)`
+    -> (R, *shape), row r from sample rows[r]'s own generator."""
+
+    x: torch.Tensor
+
+    def __call__(self, images: torch.Tensor, rows: torch.Tensor) -> torch.Tensor: ...
+
+    def randn(self, rows: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor: ...
+
 
 ESTIMATORS = ("coordinate", "antithetic")
 PIXELS = 28 * 28
@@ -59,13 +72,15 @@ class GradientEstimator:
     def queries_per_gradient(self) -> int:
         return 2 * PIXELS if self.kind == "coordinate" else self.samples
 
-    def directions(self, n: int, device: torch.device) -> torch.Tensor:
-        """Unit-free directions (n, D, 784) along which to difference, for n samples."""
+    def directions(self, model: Sampled, rows: torch.Tensor) -> torch.Tensor:
+        """Unit-free directions (R, D, 784) along which to difference, for samples rows (R,);
+        antithetic: drawn from each sample's own generator (QueryModel.randn), so a sample's
+        estimate does not depend on its batch."""
         if self.kind == "coordinate":
-            return torch.eye(PIXELS, device=device).expand(n, PIXELS, PIXELS)
-        return torch.randn(n, self.samples // 2, PIXELS, device=device)
+            return torch.eye(PIXELS, device=model.x.device).expand(len(rows), PIXELS, PIXELS)
+        return model.randn(rows, (self.samples // 2, PIXELS))
 
-    def jacobian(self, model: Query, x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    def jacobian(self, model: Sampled, x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         """Estimated Jacobian (R, 10, 784) of the logits at x (R, 1, 28, 28) for samples rows
         (R,), from `queries_per_gradient()` queries per sample through `model`; forward calls
         of at most `chunk` images."""
@@ -76,10 +91,10 @@ class GradientEstimator:
         ]
         return torch.cat(parts)
 
-    def _jacobian(self, model: Query, x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    def _jacobian(self, model: Sampled, x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         n = len(x)
         flat = x.reshape(n, 1, PIXELS)
-        directions = self.directions(n, x.device)  # (R, D, 784)
+        directions = self.directions(model, rows)  # (R, D, 784)
         d = directions.shape[1]
         points = torch.cat([flat + self.step * directions, flat - self.step * directions], 1)
         with torch.no_grad():

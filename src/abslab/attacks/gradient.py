@@ -55,6 +55,12 @@ class IterativeAttack(EpsilonSearchAttack):
         self.random_start = random_start
         self.search = search
 
+    @property
+    def batched(self) -> bool:
+        """A random start draws from torch's global generator (projected_gradient.iterate):
+        then one sample at a time."""
+        return not self.random_start
+
     def make_candidate(self, model: QueryModel, x: torch.Tensor, y: torch.Tensor) -> Candidate:
         def candidate(rows: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
             return iterate(

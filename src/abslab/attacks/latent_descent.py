@@ -82,7 +82,9 @@ class LatentDescentAttack(Attack):
             )
         return super().unsupported(defense)
 
-    def run(self, model: QueryModel, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def run(
+        self, model: QueryModel, x: torch.Tensor, y: torch.Tensor, start: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """x (B, 1, 28, 28) in [0, 1], correctly classified; y (B,) -> adversarials (B, 1, 28, 28),
         x itself where the coarse line search found none."""
         fractions = torch.linspace(0, 1, self.n_coarse_steps, device=x.device)

@@ -5,6 +5,8 @@ says how (docs/attacks.md §4.2, §4.3)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import foolbox as fb
 import torch
 
@@ -19,7 +21,7 @@ def foolbox_model(model: QueryModel) -> fb.PyTorchModel:
     return fb.PyTorchModel(model, bounds=(0, 1), device=model.x.device)
 
 
-def _run_from_starts(
+def run_from_starts(
     attack: fb.attacks.base.MinimizationAttack,
     model: QueryModel,
     x: torch.Tensor,
@@ -44,6 +46,39 @@ def _run_from_starts(
     return out
 
 
+def with_starts(
+    model: QueryModel,
+    x: torch.Tensor,
+    start: torch.Tensor | None,
+    make_starts: Callable[[torch.Tensor], torch.Tensor],
+) -> torch.Tensor:
+    """Starting points (B, 1, 28, 28) for attacks that improve on an adversarial: the suite's
+    `start` for the samples with one (`model.has_start`), make_starts(rows) (R, 1, 28, 28),
+    run under `model.only(rows)`, for the others (all samples when `start` is None)."""
+    if start is None:
+        starts, need = x.clone(), torch.ones(len(x), dtype=torch.bool, device=x.device)
+    else:
+        starts, need = start.clone(), ~model.has_start
+    rows = need.nonzero().flatten()
+    if len(rows):
+        with model.only(rows):
+            starts[rows] = make_starts(rows)
+    return starts
+
+
+def blended_noise_starts(
+    model: QueryModel, x: torch.Tensor, y: torch.Tensor, directions: int, steps: int
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """make_starts for `with_starts`: foolbox's LinearSearchBlendedUniformNoiseAttack (uniform
+    noise, `directions` tries, then a `steps`-step line search towards x), decisions only."""
+    init = fb.attacks.LinearSearchBlendedUniformNoiseAttack(directions=directions, steps=steps)
+
+    def make_starts(rows: torch.Tensor) -> torch.Tensor:
+        return init.run(foolbox_model(model), x[rows], fb.criteria.Misclassification(y[rows]))
+
+    return make_starts
+
+
 class DeepFoolAttack(Attack):
     """foolbox's L2DeepFoolAttack / LinfDeepFoolAttack. foolbox 1.3 (the paper) used 100 steps,
     the top-10 classes, cross-entropy, and an overshoot of 1.05 per step; foolbox 3 applies
@@ -52,6 +87,7 @@ class DeepFoolAttack(Attack):
     norms = ("l2", "linf")
     needs_gradient = True
     source = SOURCE
+    batched = False  # foolbox queries every sample of the batch until all are adversarial
 
     def __init__(
         self,
@@ -68,7 +104,9 @@ class DeepFoolAttack(Attack):
         self.overshoot = overshoot
         self.loss = loss
 
-    def run(self, model: QueryModel, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def run(
+        self, model: QueryModel, x: torch.Tensor, y: torch.Tensor, start: torch.Tensor | None = None
+    ) -> torch.Tensor:
         kind = fb.attacks.L2DeepFoolAttack if self.norm == "l2" else fb.attacks.LinfDeepFoolAttack
         attack = kind(
             steps=self.steps, candidates=self.candidates, overshoot=self.overshoot, loss=self.loss
@@ -77,12 +115,15 @@ class DeepFoolAttack(Attack):
 
 
 class BoundaryAttack(Attack):
-    """foolbox's BoundaryAttack from foolbox's blended-uniform-noise starting points.
+    """foolbox's BoundaryAttack from foolbox's blended-uniform-noise starting points, or from
+    the suite's best adversarial so far (`start: best`) where a sample has one.
     foolbox 1.3 (the paper): 5,000 iterations of up to 25 candidate directions each; foolbox 3
     tries one direction per step (about 2 queries per step), so `steps` counts differently."""
 
     norms = ("l2",)
     source = SOURCE
+    accepts_start = True
+    batched = False  # foolbox draws its noise and directions from torch's global generator
 
     def __init__(
         self,
@@ -103,18 +144,22 @@ class BoundaryAttack(Attack):
         self.init_directions = init_directions
         self.init_steps = init_steps
 
-    def run(self, model: QueryModel, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        init = fb.attacks.LinearSearchBlendedUniformNoiseAttack(
-            directions=self.init_directions, steps=self.init_steps
-        )
-        starts = init.run(foolbox_model(model), x, fb.criteria.Misclassification(y))
+    def run(
+        self,
+        model: QueryModel,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        start: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        init = blended_noise_starts(model, x, y, self.init_directions, self.init_steps)
+        starts = with_starts(model, x, start, init)
         attack = fb.attacks.BoundaryAttack(
             steps=self.steps,
             spherical_step=self.spherical_step,
             source_step=self.source_step,
             step_adaptation=self.step_adaptation,
         )
-        return _run_from_starts(attack, model, x, y, starts)
+        return run_from_starts(attack, model, x, y, starts)
 
 
 class PointwiseAttack(Attack):
@@ -122,10 +167,14 @@ class PointwiseAttack(Attack):
     salt-and-pepper starting points (`init_epsilons` x `init_repetitions`). norm l0: pixel
     resets only; l2: then the per-pixel 10-step binary search. foolbox 3 makes complete passes
     over the pixels instead of restarting after each success. `repetitions`: independent runs
-    (fresh starts, fresh pixel orders), the smallest adversarial kept."""
+    (fresh starts, fresh pixel orders), the smallest adversarial kept. With `start: best`, the
+    first run starts from the suite's best adversarial where a sample has one (salt-and-pepper
+    then runs on the whole batch, as it counts queries by batch row, if any sample has none)."""
 
     norms = ("l0", "l2")
     source = SOURCE
+    accepts_start = True
+    batched = False  # foolbox shuffles the pixels with numpy's global generator
 
     def __init__(
         self,
@@ -140,11 +189,19 @@ class PointwiseAttack(Attack):
         self.init_epsilons = init_epsilons
         self.init_repetitions = init_repetitions
 
-    def run(self, model: QueryModel, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def run(
+        self,
+        model: QueryModel,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        start: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         init = SaltAndPepperAttack(self.name, self.norm, self.init_epsilons, self.init_repetitions)
         attack = fb.attacks.PointwiseAttack(l2_binary_search=self.norm == "l2")
-        for _ in range(self.repetitions):
-            _run_from_starts(attack, model, x, y, init.run(model, x, y))
+        for repetition in range(self.repetitions):
+            given = start if repetition == 0 else None
+            starts = with_starts(model, x, given, lambda rows: init.run(model, x, y)[rows])
+            run_from_starts(attack, model, x, y, starts)
         return model.best.clone()
 
 

@@ -27,19 +27,21 @@ class GaussianNoiseAttack(EpsilonSearchAttack):
         super().__init__(name, norm, eps_start, **search)
         self.repetitions = repetitions
 
-    def run(self, model: QueryModel, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def run(
+        self, model: QueryModel, x: torch.Tensor, y: torch.Tensor, start: torch.Tensor | None = None
+    ) -> torch.Tensor:
         for _ in range(self.repetitions):
             super().run(model, x, y)
         return model.best.clone()
 
     def make_candidate(self, model: QueryModel, x: torch.Tensor, y: torch.Tensor) -> Candidate:
-        noise = torch.randn_like(x)
+        noise = model.randn(torch.arange(len(x), device=x.device))  # each sample's own numbers
         return along(x, noise / noise.flatten(1).norm(dim=1).reshape(-1, 1, 1, 1))
 
 
-def salt_and_pepper(x: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-    """Each pixel of x (R, 1, 28, 28) set to 1 with probability p/2 and to 0 with p/2, p (R,)."""
-    u = torch.rand_like(x)
+def salt_and_pepper(x: torch.Tensor, p: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Each pixel of x (R, 1, 28, 28) set to 1 with probability p/2 and to 0 with p/2, p (R,),
+    from uniform numbers u (R, 1, 28, 28)."""
     p = p.reshape(-1, 1, 1, 1)
     return torch.where(u >= 1 - p / 2, torch.ones_like(x), torch.where(u < p / 2, 0.0, x))
 
@@ -61,7 +63,9 @@ class SaltAndPepperAttack(Attack):
         self.epsilons = epsilons
         self.repetitions = repetitions
 
-    def run(self, model: QueryModel, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def run(
+        self, model: QueryModel, x: torch.Tensor, y: torch.Tensor, start: torch.Tensor | None = None
+    ) -> torch.Tensor:
         best, best_distance = x.clone(), torch.full((len(x),), float("inf"), device=x.device)
         max_p = torch.ones(len(x), device=x.device)
         for _ in range(self.repetitions):
@@ -71,7 +75,7 @@ class SaltAndPepperAttack(Attack):
                 if len(rows) == 0:
                     break
                 p = max_p[rows] * k / self.epsilons
-                noisy = salt_and_pepper(x[rows], p)
+                noisy = salt_and_pepper(x[rows], p, model.rand(rows))  # per-sample numbers
                 found = distance(noisy, x[rows], self.norm)
                 closer = found < best_distance[rows]
                 rows, p, noisy, found = rows[closer], p[closer], noisy[closer], found[closer]

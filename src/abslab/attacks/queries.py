@@ -1,9 +1,10 @@
-"""The defense as an attack sees it: every forward row counted, every adversarial remembered."""
+"""The defense as an attack sees it: every forward row and every gradient counted per sample,
+each sample's query budget enforced, every adversarial met remembered."""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch import nn
@@ -12,28 +13,70 @@ from abslab.attacks.distances import distance
 from abslab.attacks.estimators import EstimatedLogits, GradientEstimator
 from abslab.models.base import Defense, Inference
 
+# An image is adversarial only if the defense's best wrong logit beats the true one by MARGIN
+# in calibrated units: logit_scale * (max_other - true) >= MARGIN (logit_scale: the calibrated
+# softmax's alpha, so the rule means the same for every model). A plain argmax accepted ties
+# within 5e-5 logits that flipped when the same image was re-predicted at another batch size
+# (float32 sums depend on how a batch is cut); 1e-3 is far above such rounding and far below
+# any distance the tables resolve. The harness and `python -m abslab.verify` decide with
+# `adversarial`. Attacks aim at AIM, twice as far: searches bisect to the very edge of what they
+# are shown, so an edge at MARGIN itself would fall back under it at another batch size.
+MARGIN = 1e-3
+AIM = 2 * MARGIN
+# What a frozen sample's rows are answered with: the true class ahead by this many calibrated
+# units (probability ~1), so no attack takes the sample further.
+FROZEN_MARGIN = 100.0
+CLASSES = 10
+
+
+def margin(logits: torch.Tensor, y: torch.Tensor, logit_scale: float) -> torch.Tensor:
+    """logit_scale * (best wrong logit - true logit) (N,) for logits (N, 10), labels y (N,)."""
+    true = logits.gather(1, y[:, None]).squeeze(1)
+    others = logits.scatter(1, y[:, None], float("-inf"))
+    return logit_scale * (others.amax(1) - true)
+
+
+def adversarial(
+    logits: torch.Tensor, y: torch.Tensor, logit_scale: float, at_least: float = MARGIN
+) -> torch.Tensor:
+    """Whether each row of logits (N, 10) is misclassified by at least `at_least` calibrated
+    units (N,) bool; a row with NaN or inf is never adversarial."""
+    finite = torch.isfinite(logits).all(1)
+    return finite & (margin(logits, y, logit_scale) >= at_least)
+
 
 class GradientUnavailable(RuntimeError):
     """An attack asked autograd for the input gradient of a model whose `gradient` is "none"."""
 
 
-class QueryBudgetExhausted(RuntimeError):
-    """A query would take a sample past the attack's `max_queries`: the attack stops there."""
-
-
 class QueryModel(nn.Module):
     """Wraps a defense for one batch of originals x (B, 1, 28, 28) with labels y (B,).
 
-    - `queries` (B,): forward rows per sample, counted here and never estimated (foolbox 3
-      counts nothing). A call's rows belong to `rows` (indices into the batch) or, when not
-      given, to the samples selected with `only(rows)` (all by default), in order.
-    - `best` (B, 1, 28, 28) and `best_distance` (B,): the smallest adversarial under `norm`
-      among every queried image that lies in [0, 1], as foolbox 1.3's `Adversarial` kept; an
-      attack that returns only its last iterate loses nothing it met on the way.
+    - `queries` (B,): forward rows per sample that reached the defense, counted here and never
+      estimated (foolbox 3 counts nothing). A call's rows belong to `rows` (indices into the
+      batch) or, when not given, to the samples selected with `only(rows)` (all by default).
+    - `gradients` (B,): backward passes that reached the defense's logits, per sample (an
+      estimator's gradients are queries, not gradients: they count in `queries`).
+    - `max_queries`: a sample that has used it is frozen (`frozen`): its further rows never
+      reach the defense and are answered with logits that put the true class FROZEN_MARGIN
+      ahead and have a zero gradient, so the attack cannot take it past its budget while the
+      other samples go on.
+    - `best` (B, 1, 28, 28) and `best_distance` (B,): the smallest adversarial (misclassified
+      by AIM, so the harness's MARGIN holds at any batch size) under `norm` among every
+      queried image in [0, 1], as foolbox 1.3's `Adversarial` kept; an attack that returns
+      only its last iterate, or raises, loses nothing it met on the way.
+    - `margin_view`: the logits returned raise the true class by AIM / logit_scale, so an
+      attack's own argmax test (foolbox's criteria, `predict`) aims beyond the harness's
+      margin. The harness sets it; the plain wrapper (distal adversarials) leaves logits as is.
+    - Per-sample randomness: `rand` and `randn` draw each sample's numbers from its own
+      generator (seeded by the harness from the sample's test index, `seeds`), so an attack
+      drawing from them gives a sample the same numbers in any batch.
+    - `has_start` (B,): which samples the harness gave a starting adversarial (`start: best`).
+      `index` (B,) and `seed`: the samples' test-file indices and the run seed (for attacks
+      that run the harness themselves: transfer). `notes` (B,): `set_note`, written to the
+      per-sample CSV.
     - A model whose `gradient` is "none" refuses inputs that require grad: the harness, not
       the declaration, keeps autograd away from it.
-    - `max_queries`: a call that would take any of its samples past it raises
-      QueryBudgetExhausted (the harness then keeps what the attack met so far).
     - `estimator` (the _ge attacks): input gradients come from the estimator's counted
       queries (`EstimatedLogits`), whatever the model's own `gradient`.
     """
@@ -46,20 +89,56 @@ class QueryModel(nn.Module):
         norm: str,
         max_queries: int | None = None,
         estimator: GradientEstimator | None = None,
+        seeds: Sequence[int] | None = None,
+        margin_view: bool = False,
     ) -> None:
         super().__init__()
+        n, device = len(x), x.device
         self.max_queries = max_queries
         self.estimator = estimator
+        self.margin_view = margin_view
         self._jacobian_at: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
         self.defense = defense
         self.norm = norm
         self.register_buffer("x", x.detach())
         self.register_buffer("y", y)
-        self.queries = torch.zeros(len(x), dtype=torch.long, device=x.device)
+        self.queries = torch.zeros(n, dtype=torch.long, device=device)
+        self.gradients = torch.zeros(n, dtype=torch.long, device=device)
         self.best = x.detach().clone()
-        self.best_distance = torch.full((len(x),), float("inf"), device=x.device)
-        self._active = torch.arange(len(x), device=x.device)
+        self.best_distance = torch.full((n,), float("inf"), device=device)
+        self.has_start = torch.zeros(n, dtype=torch.bool, device=device)
+        self.index = torch.arange(n, device=device)
+        self.seed = 0
+        self.notes = [""] * n
+        seeds = range(n) if seeds is None else seeds
+        self.generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
+        self._active = torch.arange(n, device=device)
         self.train(False)
+
+    @property
+    def frozen(self) -> torch.Tensor:
+        """(B,) bool: the samples that have used their `max_queries`."""
+        if self.max_queries is None:
+            return torch.zeros_like(self.has_start)
+        return self.queries >= self.max_queries
+
+    def set_note(self, rows: torch.Tensor, text: str) -> None:
+        """A note for samples rows (e.g. the exact 1-NN attack: "exact" or "upper bound")."""
+        for row in rows.tolist():
+            self.notes[row] = text
+
+    def rand(self, rows: torch.Tensor, shape: Sequence[int] = (1, 28, 28)) -> torch.Tensor:
+        """Uniform [0, 1) numbers (R, *shape), row r from sample rows[r]'s own generator."""
+        return self._draw(torch.rand, rows, shape)
+
+    def randn(self, rows: torch.Tensor, shape: Sequence[int] = (1, 28, 28)) -> torch.Tensor:
+        """Standard normal numbers (R, *shape), row r from sample rows[r]'s own generator."""
+        return self._draw(torch.randn, rows, shape)
+
+    def _draw(self, draw, rows: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+        numbers = [draw(tuple(shape), generator=self.generators[r]) for r in rows.tolist()]
+        stacked = torch.stack(numbers) if numbers else torch.empty(0, *shape)
+        return stacked.to(self.x.device)
 
     @contextlib.contextmanager
     def only(self, rows: torch.Tensor) -> Iterator[None]:
@@ -77,9 +156,40 @@ class QueryModel(nn.Module):
             return EstimatedLogits.apply(
                 inputs, self.scores, self.estimated_jacobian, self._rows(rows)
             )
-        rows = self._admit(inputs, rows)
-        logits = self.defense(inputs)
-        self._remember(inputs.detach(), logits.detach(), rows)
+        rows = self._checked(inputs, rows)
+        admitted = self._admit(rows)
+        if len(admitted) == 0:
+            return self._view(self._frozen_logits(inputs, rows, CLASSES), rows)
+        everyone = len(admitted) == len(rows)
+        logits = self.defense(inputs if everyone else inputs[admitted])
+        if logits.requires_grad:
+            owners = rows[admitted]
+            logits.register_hook(lambda grad: self._count_gradient(owners))
+        self._remember(inputs[admitted].detach(), logits.detach(), rows[admitted])
+        if not everyone:
+            frozen = self._frozen_logits(inputs, rows, logits.shape[1])
+            logits = frozen.to(logits.dtype).index_put((admitted,), logits)
+        return self._view(logits, rows)
+
+    def _count_gradient(self, owners: torch.Tensor) -> None:
+        self.gradients.index_add_(0, owners, torch.ones_like(owners))
+
+    def _view(self, logits: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        if not self.margin_view:
+            return logits
+        shift = nn.functional.one_hot(self.y[rows], logits.shape[1]).to(logits.dtype)
+        return logits + shift * (AIM / self.defense.logit_scale)
+
+    def _frozen_logits(
+        self, inputs: torch.Tensor, rows: torch.Tensor, classes: int
+    ) -> torch.Tensor:
+        """The answer to frozen rows (R, classes): the true class FROZEN_MARGIN ahead, with a
+        zero gradient (connected to inputs, so autograd still finds them in the graph)."""
+        logits = nn.functional.one_hot(self.y[rows], classes).to(inputs.dtype)
+        logits = logits * (FROZEN_MARGIN / self.defense.logit_scale)
+        if inputs.requires_grad:
+            anchor = inputs.flatten(1)[:, :1] * 0
+            logits = logits + torch.where(torch.isfinite(anchor), anchor, 0)
         return logits
 
     def scores(self, inputs: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
@@ -100,24 +210,35 @@ class QueryModel(nn.Module):
     def infer(self, inputs: torch.Tensor, rows: torch.Tensor | None = None) -> Inference:
         """The defense's `infer(inputs)` (ABS: logits, latents, reconstructions), counted and
         remembered as a forward: for attacks that read a model's reconstructions (Latent
-        Descent); only defenses that declare `reconstructs` have them."""
+        Descent); only defenses that declare `reconstructs` have them. A frozen sample's
+        reconstructions are its input itself (nothing to walk towards), its latents zero."""
         if not self.defense.reconstructs:
             raise TypeError(
                 f"model={self.defense.name} does not reconstruct its input (reconstructs = "
                 "False): it has no `infer` for attacks to read."
             )
-        rows = self._admit(inputs, rows)
-        with torch.no_grad():
-            out = self.defense.infer(inputs.detach())
-        self._remember(inputs.detach(), out.logits.detach(), rows)
-        return out
+        rows = self._checked(inputs, rows)
+        admitted = self._admit(rows)
+        inputs = inputs.detach()
+        logits = self._frozen_logits(inputs, rows, CLASSES)
+        reconstructions = inputs.expand(-1, CLASSES, -1, -1).clone()
+        latents = torch.zeros(len(rows), CLASSES, 0, device=inputs.device)
+        if len(admitted):
+            with torch.no_grad():
+                out = self.defense.infer(inputs[admitted])
+            self._remember(inputs[admitted], out.logits, rows[admitted])
+            logits[admitted] = out.logits.to(logits.dtype)
+            reconstructions[admitted] = out.reconstructions.to(inputs.dtype)
+            latents = latents.new_zeros(len(rows), *out.latents.shape[1:])
+            latents[admitted] = out.latents
+        return Inference(self._view(logits, rows), latents, reconstructions)
 
     def _rows(self, rows: torch.Tensor | None) -> torch.Tensor:
         """The samples a call is about: `rows`, or those selected with `only` (all by default)."""
         return self._active if rows is None else rows.to(self.x.device)
 
-    def _admit(self, inputs: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
-        """The rows a call is about, after checking the gradient policy and the budget."""
+    def _checked(self, inputs: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
+        """The rows a call is about, after checking their count and the gradient policy."""
         rows = self._rows(rows)
         if len(inputs) != len(rows):
             raise ValueError(f"{len(inputs)} inputs for {len(rows)} samples: pass rows=.")
@@ -126,31 +247,41 @@ class QueryModel(nn.Module):
                 f"model={self.defense.name} has no input gradient (gradient: none): use a "
                 "decision- or score-based attack, or a _ge attack (estimated gradients)."
             )
-        if self.max_queries is not None:
-            after = self.queries + torch.bincount(rows, minlength=len(self.queries))
-            if (after > self.max_queries).any():
-                raise QueryBudgetExhausted(f"max_queries={self.max_queries} reached")
         return rows
+
+    def _admit(self, rows: torch.Tensor) -> torch.Tensor:
+        """Positions (A,) of the call's rows (R,) that reach the defense: all without a budget;
+        else, per sample, as many of its rows, in order, as its budget has left."""
+        positions = torch.arange(len(rows), device=rows.device)
+        if self.max_queries is None:
+            return positions
+        order = torch.argsort(rows, stable=True)
+        sorted_rows = rows[order]
+        first = torch.searchsorted(sorted_rows, sorted_rows, right=False)
+        rank = torch.empty_like(rows)
+        rank[order] = positions - first  # the k-th row of its sample in this call: k
+        return positions[self.queries[rows] + rank < self.max_queries]
 
     def _remember(self, inputs: torch.Tensor, logits: torch.Tensor, rows: torch.Tensor) -> None:
         """Count the rows (a sample may appear many times: an estimator's queries) and keep,
         per sample, the smallest adversarial among them if it beats the best so far."""
         self.queries.index_add_(0, rows, torch.ones_like(rows))
         flat = inputs.flatten(1)
-        valid = (flat >= 0).all(1) & (flat <= 1).all(1) & torch.isfinite(logits).all(1)
-        adversarial = valid & (logits.argmax(1) != self.y[rows])
-        if not adversarial.any():
+        valid = (flat >= 0).all(1) & (flat <= 1).all(1)
+        found = valid & adversarial(logits, self.y[rows], self.defense.logit_scale, AIM)
+        if not found.any():
             return
-        found = distance(inputs[adversarial], self.x[rows[adversarial]], self.norm)
-        owners = rows[adversarial]
+        size = distance(inputs[found], self.x[rows[found]], self.norm)
+        owners = rows[found]
         smallest = torch.full_like(self.best_distance, float("inf"))
-        smallest = smallest.scatter_reduce(0, owners, found, "amin")
-        improves = (found == smallest[owners]) & (found < self.best_distance[owners])
+        smallest = smallest.scatter_reduce(0, owners, size, "amin")
+        improves = (size == smallest[owners]) & (size < self.best_distance[owners])
         where = owners[improves]
-        self.best_distance[where] = found[improves]
-        self.best[where] = inputs[adversarial][improves]
+        self.best_distance[where] = size[improves]
+        self.best[where] = inputs[found][improves]
 
     def predict(self, inputs: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        """Labels (R,) of inputs for samples rows, counted and remembered, without gradients."""
+        """Labels (R,) of inputs for samples rows, counted and remembered, without gradients
+        (with `margin_view`, a label other than y means adversarial with the margin)."""
         with torch.no_grad():
             return self(inputs, rows).argmax(1)

@@ -70,10 +70,37 @@ ATTACK_RANGES: dict[str, Range] = {
     "growth": Range(1, low_open=True),
     "step_adaptation": Range(1, low_open=True),
     "rel_stepsize": FRACTION,  # of epsilon
-    "momentum": Range(0, 1),  # MIM's decay factor
+    "momentum": Range(0, 1),  # MIM's decay factor; Brendel-Bethge's weight of past normals
     "overshoot": Range(0),
     "spherical_step": FRACTION,
     "source_step": FRACTION,
+    # abslab.attacks.minimal (FMN, DDN, Brendel-Bethge, HopSkipJump)
+    "max_stepsize": Range(0, low_open=True),  # FMN: first step (L2 norm of the step)
+    "min_stepsize": Range(0, low_open=True),  # FMN: last step of its cosine annealing
+    "gamma": FRACTION,  # FMN, DDN: the radius's relative change per step
+    "init_epsilon": Range(0, low_open=True),  # DDN: first radius (L2)
+    "lr": Range(0, low_open=True),  # Brendel-Bethge: trust region (share of the input range);
+    # σ-zero: first step size of its Adam steps
+    "lr_decay": FRACTION,
+    "lr_num_decay": COUNT,
+    "overshoot_factor": Range(1),  # Brendel-Bethge: aims this factor past the boundary
+    "binary_search_steps": Range(0, integer=True),
+    "initial_gradient_eval_steps": COUNT,  # HopSkipJump: probes of its first gradient estimate
+    "max_gradient_eval_steps": COUNT,
+    "search_gamma": Range(0, low_open=True),  # HopSkipJump: boundary-search tolerance
+    # abslab.attacks.sigma_zero (σ-zero) and abslab.attacks.apgd (APGD in the epsilon search)
+    "sigma": Range(0, low_open=True),  # σ-zero: smoothness of its L0 approximation
+    "threshold": Range(0, 1),  # σ-zero: first threshold below which components are zeroed
+    "threshold_factor": Range(0, low_open=True),  # σ-zero: threshold change per unit step size
+    "restarts": COUNT,  # APGD: random starts per eps (only for samples not yet adversarial)
+    # abslab.attacks.nearest_neighbor (the exact 1-NN attack)
+    "max_candidates": COUNT,  # other-class training images solved for per sample
+    "initial_constraints": COUNT,  # the label's training images every problem starts with
+    "constraints_per_round": COUNT,
+    "max_rounds": COUNT,
+    "margin": Range(0, low_open=True),  # squared L2 units
+    "primal_tolerance": Range(0, low_open=True),
+    "iteration_limit": COUNT,
 }
 # A budget's counts (conf/budget): null leaves the run's own value (distal_steps has none).
 BUDGET_RANGES: dict[str, Range] = {

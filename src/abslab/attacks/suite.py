@@ -18,6 +18,9 @@ from abslab.models.base import Defense
 
 log = logging.getLogger(__name__)
 
+# own: the attack makes its own starting points; best: the suite's smallest adversarial so far.
+START_MODES = ("own", "best")
+
 
 def estimator_of(settings: Mapping[str, Any], path: str) -> GradientEstimator:
     """The GradientEstimator of a conf/estimator node (kind, step, samples) at config `path`;
@@ -33,8 +36,10 @@ def estimator_of(settings: Mapping[str, Any], path: str) -> GradientEstimator:
 def instantiate_attack(name: str, spec: DictConfig | Mapping[str, Any], path: str = "") -> Attack:
     """The attack of a config at config `path` (default `attack.<name>`), its values checked
     first (abslab.attacks.ranges). The harness's keys are taken out: `max_queries` (per-sample
-    query budget) and, for a _ge attack, `estimator` (conf/estimator: gradients estimated from
-    scores) and `skip_exact_gradients`. Any other key the attack does not take is an error."""
+    query budget), `paper` (one of the paper's Table 1 attacks), `start` (own | best: best
+    only for attacks that accept starting points) and, for a _ge attack, `estimator`
+    (conf/estimator: gradients estimated from scores) and `skip_exact_gradients`. Any other
+    key the attack does not take is an error."""
     path = path or f"attack.{name}"
     if isinstance(spec, DictConfig):
         settings = OmegaConf.to_container(spec, resolve=True)
@@ -42,6 +47,12 @@ def instantiate_attack(name: str, spec: DictConfig | Mapping[str, Any], path: st
         settings = copy.deepcopy(dict(spec))
     check_settings(settings, path, ATTACK_RANGES)
     max_queries = settings.pop("max_queries", None)
+    paper = settings.pop("paper", False)
+    start = settings.pop("start", "own")
+    if not isinstance(paper, bool):
+        raise ValueError(f"{path}.paper={paper}: must be true or false.")
+    if start not in START_MODES:
+        raise ValueError(f"{path}.start={start}: choose one of {', '.join(START_MODES)}.")
     estimator = settings.pop("estimator", None)
     skip_exact = settings.pop("skip_exact_gradients", None)
     if estimator is None and skip_exact is not None:
@@ -56,7 +67,12 @@ def instantiate_attack(name: str, spec: DictConfig | Mapping[str, Any], path: st
         if isinstance(cause, TypeError):  # a key the attack does not take
             raise ValueError(f"{path}: {cause}: remove that key.") from error
         raise (cause or error) from None
-    attack.max_queries = max_queries
+    if start == "best" and not attack.accepts_start:
+        raise ValueError(
+            f"{path}.start=best: {type(attack).__name__} cannot start from given adversarials "
+            "(accepts_start is False): use start: own."
+        )
+    attack.max_queries, attack.paper, attack.start = max_queries, paper, start
     if estimator is not None:
         if not attack.needs_gradient:
             raise ValueError(f"{path} takes no gradients: `estimator` does not apply.")

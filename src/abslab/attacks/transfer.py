@@ -91,13 +91,14 @@ class TransferAttack(SearchAttack):
         nested = {attack.name: attack.settings() for attack in self._attacks}
         return {**super().settings(), "substitute_attacks": nested}
 
-    def run(self, model: QueryModel, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def run(
+        self, model: QueryModel, x: torch.Tensor, y: torch.Tensor, start: torch.Tensor | None = None
+    ) -> torch.Tensor:
         substitute = self._substitute.to(x.device)
         with torch.no_grad():
             substitute_pred = substitute(x).argmax(1)
         for attack in self._attacks:
-            seed = int(torch.randint(2**31 - 1, ()))
-            made = run_attack(attack, substitute, x, y, substitute_pred, seed)
+            made = run_attack(attack, substitute, x, y, substitute_pred, model.seed, model.index)
             delta = made.adversarial - x
             size = distance(made.adversarial, x, self.norm)
             rows = ((size > 0) & torch.isfinite(made.distance)).nonzero().flatten()

@@ -63,6 +63,9 @@ class Defense(pl.LightningModule):
       each adversarial after binarization refinement (and Latent Descent projects its targets).
     - `reconstructs`: `infer(x)` gives per-class reconstructions (`Inference`), which Latent
       Descent walks towards; the base `infer` raises.
+    - `nearest_neighbor`: the model predicts the label of the image of `reference_set()`
+      nearest to its input in L2, so an exact attack can solve for its smallest adversarials
+      (attacks/nearest_neighbor.py); the base `reference_set` raises.
 
     `logit_scale` and `confidence_level` are the calibrated-softmax constants (alpha, eta;
     docs/defenses.md). Training with cross-entropy is the default `training_step`; models that
@@ -73,6 +76,7 @@ class Defense(pl.LightningModule):
     needs_training: bool = True
     binarize_input: bool = False
     reconstructs: bool = False
+    nearest_neighbor: bool = False
 
     def __init__(
         self,
@@ -110,6 +114,14 @@ class Defense(pl.LightningModule):
         raise NotImplementedError(
             f"model={self.name} does not reconstruct its input (reconstructs = False): "
             "attacks that need `infer` (Latent Descent) do not apply to it."
+        )
+
+    def reference_set(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The images a `nearest_neighbor` model compares its input with, flattened as it
+        compares them (N, D), and their labels (N,)."""
+        raise NotImplementedError(
+            f"model={self.name} is no nearest-neighbour classifier (nearest_neighbor = False): "
+            "it has no reference set for attacks to read."
         )
 
     def attach_data(self, datamodule: Any) -> None:

@@ -19,6 +19,7 @@ class NearestNeighborDefense(Defense):
 
     gradient = "none"
     needs_training = False
+    nearest_neighbor = True
 
     def __init__(
         self,
@@ -51,10 +52,19 @@ class NearestNeighborDefense(Defense):
     def setup(self, stage: str) -> None:
         self.attach_data(self.trainer.datamodule)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x (B, 1, 28, 28) -> logits (B, 10), minus the per-class nearest L2 distance."""
+    def reference_set(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The memorised images, flattened and sorted by class (N, 784), and labels (N,)."""
+        self._check_fitted()
+        labels = torch.arange(10).repeat_interleave(torch.tensor(self.class_starts).diff())
+        return self.references, labels.to(self.references.device)
+
+    def _check_fitted(self) -> None:
         if len(self.references) == 0:
             raise RuntimeError("NearestNeighborDefense has no reference set: call fit_reference.")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, 1, 28, 28) -> logits (B, 10), minus the per-class nearest L2 distance."""
+        self._check_fitted()
         flat = x.reshape(len(x), -1)
         x_sq = (flat * flat).sum(1, keepdim=True)
         logits = []

@@ -1,5 +1,5 @@
-"""Medians, accuracies and curves from per_sample.csv rows (docs/paper.md): what summary.json
-and the report's cells hold."""
+"""Medians, accuracies, curves and optimality from per_sample.csv rows (docs/paper.md,
+docs/attacks.md): what summary.json and the report's cells hold."""
 
 from __future__ import annotations
 
@@ -22,6 +22,8 @@ def beyond(distances: torch.Tensor | np.ndarray, eps: float) -> torch.Tensor | n
 
 
 ALL_ROW = "all"  # the key of the all-attacks row: the per-sample minimum over the attacks
+# The key of the paper's-attacks row: the per-sample minimum over the paper's Table 1 attacks.
+PAPER_ROW = "paper_attacks"
 
 
 def curve_epsilons(norm: Mapping[str, Any]) -> np.ndarray:
@@ -54,11 +56,55 @@ def _stats(
     }
 
 
-def summarize(
-    rows: list[dict[str, Any]], attacks: list[str], threshold: float, epsilons: np.ndarray
+def optimality(curve: list[float], best: list[float], epsilons: list[float]) -> float | None:
+    """AttackBench's optimality of an attack (Cinà et al., AAAI 2025; docs/attacks.md §10):
+    1 - (A - A*) / (A0 - A*), with A the area under the attack's accuracy curve, A* under the
+    best (all-attacks) curve and A0 = best[0] * range the area of an attack that finds nothing,
+    all by the trapezoid rule over the cell's epsilon grid. 1: the curve is the best one; 0: it
+    found nothing in the grid's range. None where no attack found anything there (A0 = A*)."""
+    span = epsilons[-1] - epsilons[0]
+    best_area = float(np.trapezoid(best, epsilons))
+    nothing_area = best[0] * span
+    if nothing_area - best_area <= 0:
+        return None
+    area = float(np.trapezoid(curve, epsilons))
+    return round(1 - (area - best_area) / (nothing_area - best_area), 6)
+
+
+def _minimum_row(
+    per_attack: dict[str, dict[int, float]],
+    rows: list[dict[str, Any]],
+    threshold: float,
+    epsilons: np.ndarray,
 ) -> dict[str, Any]:
-    """Per attack and for all attacks (the per-sample minimum over `attacks`, on the samples
-    every one of them has finished), from the rows of per_sample.csv."""
+    """The statistics of the per-sample minimum over the attacks of `per_attack` (name ->
+    index -> distance), on the samples every one of them has finished; queries and seconds
+    are those attacks' sums per such sample."""
+    complete = sorted(set.intersection(*(set(d) for d in per_attack.values())))
+    smallest = np.array([min(d[i] for d in per_attack.values()) for i in complete])
+    mine = [r for r in rows if r["index"] in set(complete) and r["attack"] in per_attack]
+    stats = _stats(smallest, threshold, epsilons, [])
+    stats.update(
+        successes=int(np.isfinite(smallest).sum()),
+        failures=int(np.isinf(smallest).sum()),
+        errors=int(sum(bool(r["error"]) for r in mine)),
+        queries_per_sample=float(sum(r["queries"] for r in mine)) / max(len(complete), 1),
+        seconds_per_sample=float(sum(r["seconds"] for r in mine)) / max(len(complete), 1),
+    )
+    return stats
+
+
+def summarize(
+    rows: list[dict[str, Any]],
+    attacks: list[str],
+    threshold: float,
+    epsilons: np.ndarray,
+    paper: list[str] | None = None,
+) -> dict[str, Any]:
+    """Per attack, for the paper's attacks (`paper`: those of `attacks` among the paper's
+    Table 1 rows; None: no such row) and for all attacks (the per-sample minimum over `attacks`,
+    on the samples every one of them has finished), from the rows of per_sample.csv; each row
+    with its optimality against the all-attacks curve."""
     clean = {r["index"]: r["clean_pred"] == r["label"] for r in rows}
     summary: dict[str, Any] = {
         "n_samples": len(clean),
@@ -75,17 +121,13 @@ def summarize(
         per_attack[attack] = {r["index"]: r["distance"] for r in mine}
         distances = np.array([r["distance"] for r in mine])
         summary["attacks"][attack] = _stats(distances, threshold, epsilons, mine)
-    if per_attack:
-        complete = sorted(set.intersection(*(set(d) for d in per_attack.values())))
-        smallest = np.array([min(d[i] for d in per_attack.values()) for i in complete])
-        mine = [r for r in rows if r["index"] in set(complete) and r["attack"] in per_attack]
-        stats = _stats(smallest, threshold, epsilons, [])
-        stats.update(
-            successes=int(np.isfinite(smallest).sum()),
-            failures=int(np.isinf(smallest).sum()),
-            errors=int(sum(bool(r["error"]) for r in mine)),
-            queries_per_sample=float(sum(r["queries"] for r in mine)) / max(len(complete), 1),
-            seconds_per_sample=float(sum(r["seconds"] for r in mine)) / max(len(complete), 1),
-        )
-        summary["attacks"][ALL_ROW] = stats
+    if not per_attack:
+        return summary
+    papers = {a: d for a, d in per_attack.items() if a in (paper or [])}
+    if papers:
+        summary["attacks"][PAPER_ROW] = _minimum_row(papers, rows, threshold, epsilons)
+    summary["attacks"][ALL_ROW] = _minimum_row(per_attack, rows, threshold, epsilons)
+    best = summary["attacks"][ALL_ROW]["curve_accuracy"]
+    for stats in summary["attacks"].values():
+        stats["optimality"] = optimality(stats["curve_accuracy"], best, summary["curve_epsilons"])
     return summary

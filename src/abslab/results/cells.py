@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from abslab.results.attack_summary import ALL_ROW, curve_epsilons, summarize
+from abslab.results.attack_summary import ALL_ROW, PAPER_ROW, curve_epsilons, summarize
 from abslab.results.cards import ModelCard, NormCard, composed, model_card, norm_card
 from abslab.results.per_sample import read_rows
 
@@ -28,8 +28,9 @@ class ReportError(ValueError):
 @dataclass
 class Cell:
     """One model under one norm: its runs (summaries, with "run_dir"), their per-sample rows,
-    the statistics of `summarize` over them and the smallest adversarials (adversarials.npz
-    arrays, concatenated)."""
+    the statistics of `summarize` over them, the smallest adversarials (adversarials.npz
+    arrays, concatenated), the attacks among the paper's Table 1 rows, and whether the runs
+    predate the `paper` flag (then every attack they ran counts as one of the paper's)."""
 
     model: ModelCard
     norm: NormCard
@@ -38,6 +39,8 @@ class Cell:
     stats: dict[str, Any] = field(default_factory=dict)
     attacks: list[str] = field(default_factory=list)
     adversarials: dict[str, np.ndarray] = field(default_factory=dict)
+    paper_attacks: list[str] = field(default_factory=list)
+    predates_flag: bool = False
 
     @property
     def legacy(self) -> list[str]:
@@ -102,6 +105,24 @@ def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def paper_flags(summary: dict[str, Any]) -> list[str] | None:
+    """The attacks of a run that are among the paper's Table 1 rows: those whose recorded
+    `paper` flag is true (summary["budgets"][name]["paper"], else the run's config
+    attack.<name>.paper; an attack without one: false, the suite's default). None for a run
+    recorded before attacks carried the flag (no attack of it has one)."""
+    attacks = [a for a in summary.get("attacks", {}) if a not in (ALL_ROW, PAPER_ROW)]
+    configs = (summary.get("config") or {}).get("attack") or {}
+    flags: dict[str, bool] = {}
+    for name in attacks:
+        for recorded in (summary.get("budgets", {}).get(name) or {}, configs.get(name) or {}):
+            if "paper" in recorded:
+                flags[name] = bool(recorded["paper"])
+                break
+    if not flags:
+        return None
+    return [a for a in attacks if flags.get(a, False)]
+
+
 def find_runs(folders: list[Path]) -> tuple[list[dict[str, Any]], list[Path]]:
     """Summaries (with their run dir) of every finished run under `folders` (sweep dirs or run
     dirs), and the run dirs that have per-sample rows but no summary yet (interrupted)."""
@@ -163,37 +184,94 @@ def _check_shards(label: str, runs: list[dict[str, Any]]) -> None:
 
 
 def merge_cell(runs: list[dict[str, Any]]) -> Cell:
-    """One cell from its shards (all of one model and norm): checks them, then recomputes the
-    statistics from all their per-sample rows."""
-    runs = sorted(runs, key=shard)
+    """One cell from its runs (all of one model and norm): shards of one attack list tile the
+    test images; runs with other, disjoint attack lists over the same images (an attack added to
+    a finished cell in a run dir of its own) are layers of the same cell. Checks them, then
+    recomputes the statistics from all their per-sample rows."""
     model, norm = runs[0]["model"], runs[0]["norm"]
-    _check_shards(f"{model}, {norm}", runs)
-    attacks = [a for a in runs[0].get("attacks", {}) if a != ALL_ROW]
-    cell = Cell(model_card(runs[0]), norm_card(runs[0]), runs, attacks=attacks)
+    label = f"{model}, {norm}"
+    layers = _layers(label, runs)
+    attacks: list[str] = []
+    paper_attacks: list[str] = []
+    legacy_layers = 0
+    for layer in layers:
+        names = [a for a in layer[0].get("attacks", {}) if a not in (ALL_ROW, PAPER_ROW)]
+        flags = paper_flags(layer[0])
+        legacy_layers += flags is None
+        attacks += names
+        paper_attacks += names if flags is None else flags
+    runs = [run for layer in layers for run in layer]
+    cell = Cell(
+        model_card(runs[0]),
+        norm_card(runs[0]),
+        runs,
+        attacks=attacks,
+        paper_attacks=paper_attacks,
+        predates_flag=legacy_layers == len(layers),
+    )
     for run in runs:
         first, stop = shard(run)
+        names = [a for a in run.get("attacks", {}) if a not in (ALL_ROW, PAPER_ROW)]
         rows = [
-            r for r in read_rows(run["run_dir"] / "per_sample.csv") if first <= r["index"] < stop
+            r
+            for r in read_rows(run["run_dir"] / "per_sample.csv")
+            if first <= r["index"] < stop and r["attack"] in names
         ]
         done = {(r["index"], r["attack"]) for r in rows}
-        missing = [i for i in range(first, stop) for a in attacks if (i, a) not in done]
+        missing = [i for i in range(first, stop) for a in names if (i, a) not in done]
         if missing:
             raise ReportError(
-                f"{model}, {norm}: {run['run_dir']} lacks {len(missing)} (sample, attack) rows of "
+                f"{label}: {run['run_dir']} lacks {len(missing)} (sample, attack) rows of "
                 f"[{first}, {stop}): rerun its sweep to finish it."
             )
         cell.rows += rows
     config = runs[0]["config"]["norm"]
-    cell.stats = summarize(cell.rows, attacks, float(config["threshold"]), curve_epsilons(config))
+    epsilons = curve_epsilons(config)
+    threshold = float(config["threshold"])
+    cell.stats = summarize(cell.rows, attacks, threshold, epsilons, cell.paper_attacks)
+    cell.adversarials = _smallest_per_sample(runs)
+    return cell
+
+
+def _layers(label: str, runs: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """Runs grouped by the attacks they ran, each group checked as shards (_check_shards) and
+    sorted by first image; the groups must cover the same test images with disjoint attacks."""
+    groups: dict[tuple[str, ...], list[dict[str, Any]]] = defaultdict(list)
+    for run in runs:
+        groups[tuple(a for a in run.get("attacks", {}) if a not in (ALL_ROW, PAPER_ROW))].append(
+            run
+        )
+    layers = [sorted(group, key=shard) for group in groups.values()]
+    for layer in layers:
+        _check_shards(label, layer)
+    spans = {(shard(layer[0])[0], shard(layer[-1])[1]) for layer in layers}
+    names = [a for attacks in groups for a in attacks]
+    if len(layers) > 1 and (len(spans) > 1 or len(names) != len(set(names))):
+        listing = "; ".join(
+            f"{[str(r['run_dir']) for r in layer]}: {list(attacks)}"
+            for attacks, layer in zip(groups, layers)
+        )
+        raise ReportError(
+            f"{label}: runs with different attacks must cover the same test images with "
+            f"attacks of their own ({listing})."
+        )
+    return layers
+
+
+def _smallest_per_sample(runs: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+    """The runs' adversarials.npz merged, keeping each sample's smallest adversarial."""
     parts = []
     for run in runs:
         path = run["run_dir"] / "adversarials.npz"
         if path.is_file():
             with np.load(path) as data:
                 parts.append({k: data[k] for k in data.files})
-    if parts:
-        cell.adversarials = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-    return cell
+    if not parts:
+        return {}
+    merged = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    order = np.lexsort((merged["distance"], merged["index"]))
+    keep = order[np.unique(merged["index"][order], return_index=True)[1]]
+    return {k: v[keep] for k, v in merged.items()}
 
 
 def run_cell(
@@ -204,8 +282,19 @@ def run_cell(
     norm: NormCard,
 ) -> Cell:
     """The cell of one run as evaluate.py finishes it: its summary's statistics as they are."""
-    attacks = [a for a in summary["attacks"] if a != ALL_ROW]
-    return Cell(model, norm, [summary], rows, summary, attacks, adversarials)
+    attacks = [a for a in summary["attacks"] if a not in (ALL_ROW, PAPER_ROW)]
+    paper = paper_flags(summary)
+    return Cell(
+        model,
+        norm,
+        [summary],
+        rows,
+        summary,
+        attacks,
+        adversarials,
+        paper_attacks=attacks if paper is None else paper,
+        predates_flag=paper is None,
+    )
 
 
 def build_cells(summaries: list[dict[str, Any]]) -> list[Cell]:

@@ -15,7 +15,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from abslab.results.attack_summary import ALL_ROW
+from abslab.results.attack_summary import ALL_ROW, PAPER_ROW
 from abslab.results.cards import SPARE_COLORS, ModelCard, NormCard, order
 from abslab.results.cells import Cell
 from abslab.results.tables import block, norms_of, number
@@ -77,9 +77,10 @@ def styles(models: list[ModelCard]) -> dict[str, tuple[str, str]]:
 
 def curves_figure(cells: list[Cell], paper_curves: PaperCurves | None) -> plt.Figure:
     """One panel per norm: each model's all-attacks accuracy against distance in its card's
-    style, the paper's curve thin and faded beside it where given, else the paper's two numbers
-    (median at 50%, accuracy at the threshold) as hollow markers. A panel of one model (a run's
-    own figure) also draws each attack's curve thin."""
+    style, its paper's-attacks curve thin and dotted where that differs, the paper's curve thin
+    and faded beside it where given, else the paper's two numbers (median at 50%, accuracy at
+    the threshold) as hollow markers. A panel of one model (a run's own figure) also draws each
+    attack's curve thin."""
     norms = norms_of(cells)
     figure, axes = plt.subplots(1, len(norms), figsize=(5 * len(norms), 4), squeeze=False)
     style = styles([c.model for c in cells])
@@ -101,6 +102,16 @@ def curves_figure(cells: list[Cell], paper_curves: PaperCurves | None) -> plt.Fi
                 linewidth=2,
                 label=f"{cell.model.label} (N={cell.stats['n_samples']})",
             )
+            papers = attacks.get(PAPER_ROW)
+            if papers and papers["curve_accuracy"] != attacks[ALL_ROW]["curve_accuracy"]:
+                axis.plot(
+                    epsilons,
+                    100 * np.array(papers["curve_accuracy"]),
+                    ":",
+                    color=color,
+                    linewidth=1.2,
+                    label=f"{cell.model.label}, paper's attacks",
+                )
             paper = (paper_curves or {}).get(norm.name, {}).get(cell.model.name)
             numbers = cell.model.paper.get(norm.name)
             if paper is not None:

@@ -1,7 +1,8 @@
 """Every table of the report, from its cells: the markdown blocks (one per norm, one column per
-model, every attack's row, the all-attacks row, the paper's beside it and the difference), the
-CSV (per norm, model and attack, with counts, queries and seconds per sample), the LaTeX
-tabular, the distal table, and the table of run dirs' summaries (train or clean-accuracy runs).
+model, every attack's row with its optimality, the paper's-attacks and all-attacks rows, the
+paper's beside them with each one's difference, the suite's cost), the CSV (per norm, model and
+attack, with counts, queries and seconds per sample and optimality), the LaTeX tabular, the
+distal table, and the table of run dirs' summaries (train or clean-accuracy runs).
 Models, norms, labels, order and paper numbers come from the cells' cards."""
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from abslab.results.attack_summary import ALL_ROW
+from abslab.results.attack_summary import ALL_ROW, PAPER_ROW
 from abslab.results.cards import NormCard, order
 from abslab.results.cells import Cell, changed_budgets, shard
 
@@ -32,6 +33,19 @@ def _cell_text(stats: dict[str, Any] | None) -> str:
     return f"{number(stats['median_distance'])} / {100 * stats['accuracy_at_threshold']:.0f}%"
 
 
+def _attack_text(stats: dict[str, Any] | None) -> str:
+    """An attack's cell: median / accuracy and its optimality (none where undefined)."""
+    if stats is None or stats.get("optimality") is None:
+        return _cell_text(stats)
+    return f"{_cell_text(stats)} (opt {stats['optimality']:.2f})"
+
+
+def _paper_attacks_text(cell: Cell) -> str:
+    """The paper's-attacks cell, ‡ where its runs predate the `paper` flag."""
+    text = _cell_text(cell.stats["attacks"].get(PAPER_ROW))
+    return f"{text} ‡" if text and cell.predates_flag else text
+
+
 def norms_of(cells: list[Cell]) -> list[NormCard]:
     """The norms of the cells, in their cards' order."""
     return sorted({c.norm.name: c.norm for c in cells}.values(), key=order)
@@ -47,18 +61,21 @@ def paper_figure(cell: Cell) -> tuple[float, float] | None:
     return cell.model.paper.get(cell.norm.name)
 
 
-def difference(cell: Cell) -> tuple[str, bool]:
-    """abslab's all-attacks figure against the paper's: text and whether it needs a reason
-    (median off by more than 15% relative, or accuracy by more than 5 points)."""
+def difference(cell: Cell, row: str = PAPER_ROW) -> tuple[str, bool]:
+    """abslab's figure of `row` (the paper's attacks, which the paper's numbers are compared
+    with, or all attacks) against the paper's: text and whether it is off by more than 15%
+    relative in the median or 5 points in accuracy. Only the paper's-attacks difference is
+    marked **!** (the notes must say why); a smaller all-attacks figure is a finding."""
     paper = paper_figure(cell)
-    if paper is None:
+    stats = cell.stats["attacks"].get(row)
+    if paper is None or stats is None:
         return "", False
-    stats = cell.stats["attacks"][ALL_ROW]
     median = stats["median_distance"]
     relative = math.inf if median is None else median / paper[0] - 1
     points = stats["accuracy_at_threshold"] - paper[1]
     flagged = abs(relative) > MEDIAN_TOLERANCE or abs(points) > ACCURACY_TOLERANCE
-    text = f"{relative:+.0%} / {100 * points:+.0f} pts" + (" **!**" if flagged else "")
+    marked = flagged and row == PAPER_ROW
+    text = f"{relative:+.0%} / {100 * points:+.0f} pts" + (" **!**" if marked else "")
     return text, flagged
 
 
@@ -76,19 +93,26 @@ def _provenance_text(cell: Cell) -> str:
     return f"{cell.stats['n_samples']} / {budget_names(cell)}{legacy}"
 
 
+def _cost_text(cell: Cell) -> str:
+    """Seconds per image of the whole suite (all attacks together)."""
+    return f"{cell.stats['attacks'][ALL_ROW]['seconds_per_sample']:.3g}"
+
+
 def table_rows(cells: list[Cell]) -> list[list[str]]:
-    """Rows of one norm's block (cells in column order): attacks, all attacks, the paper's, the
-    difference, clean accuracy, N / budget (and the source of a legacy cell)."""
+    """Rows of one norm's block (cells in column order): attacks (with their optimality), the
+    paper's attacks, all attacks, the paper's, each one's difference from it, clean accuracy,
+    the suite's seconds per image, N / budget (and the source of a legacy cell)."""
     attacks: list[str] = []
     for cell in cells:
         attacks += [a for a in cell.attacks if a not in attacks]
-    rows = []
-    for attack in [*attacks, ALL_ROW]:
-        label = "**all attacks**" if attack == ALL_ROW else attack
-        rows.append([label, *[_cell_text(c.stats["attacks"].get(attack)) for c in cells]])
+    rows = [[a, *[_attack_text(c.stats["attacks"].get(a)) for c in cells]] for a in attacks]
+    rows.append(["**paper's attacks**", *[_paper_attacks_text(c) for c in cells]])
+    rows.append(["**all attacks**", *[_cell_text(c.stats["attacks"][ALL_ROW]) for c in cells]])
     rows.append(["paper, all attacks", *[_paper_text(c) for c in cells]])
-    rows.append(["difference", *[difference(c)[0] for c in cells]])
+    rows.append(["difference, paper's attacks", *[difference(c)[0] for c in cells]])
+    rows.append(["difference, all attacks", *[difference(c, ALL_ROW)[0] for c in cells]])
     rows.append(["clean accuracy", *[f"{100 * c.stats['clean_accuracy']:.1f}%" for c in cells]])
+    rows.append(["cost: s / image", *[_cost_text(c) for c in cells]])
     rows.append(["N / budget", *[_provenance_text(c) for c in cells]])
     return rows
 
@@ -114,10 +138,18 @@ def markdown(cells: list[Cell], distal: dict[str, dict[str, Any]], meta: dict[st
     out += [
         f"Cells: median adversarial distance / accuracy at the threshold ({thresholds})"
         " over the first N test images; a clean misclassification counts as distance 0, an "
-        "unbroken sample as ∞. All attacks: per-sample minimum. Difference: abslab's all-attacks "
-        "median relative to the paper's / accuracy points; **!** marks more than 15% or 5 "
-        "points (the notes below say why). A legacy cell rests on runs made outside "
-        "results/sweeps/ (named in its N / budget row).",
+        "unbroken sample as ∞. Paper's attacks: per-sample minimum over the attacks among the "
+        "paper's Table 1 rows (each attack's recorded `paper` flag); all attacks: over every "
+        "attack. Difference: a row's median relative to the paper's / accuracy points; the "
+        "paper's numbers are compared with the paper's-attacks row, where **!** marks more than "
+        "15% or 5 points (the notes below say why); an all-attacks figure below the paper's "
+        "is a finding of stronger attacks. (opt x): the attack's optimality in its cell "
+        "(AttackBench, Cinà et al., AAAI 2025; docs/attacks.md §10): 1 - (area between its "
+        "accuracy curve and the all-attacks curve) / (that area for an attack that finds "
+        "nothing), over the curves' distance grid; 1 for the best, 0 for nothing found. Cost: "
+        "seconds per image of all attacks together (the CSV has each attack's seconds and "
+        "forward queries per image). A legacy cell rests on runs made outside results/sweeps/ "
+        "(named in its N / budget row).",
         "",
         f"- report: `{meta['command']}`; each run's command, commit, hardware and wall time are "
         "listed under its block; the curves figure draws the paper's curves where the report "
@@ -125,6 +157,11 @@ def markdown(cells: list[Cell], distal: dict[str, dict[str, Any]], meta: dict[st
         "paper's two numbers per curve, and its panel titles say which",
         f"- weights: {meta['weights']}",
     ]
+    if any(c.predates_flag for c in cells):
+        out.append(
+            "- ‡: the cell's runs were recorded before attacks carried the `paper` flag: every "
+            "attack they ran counts as one of the paper's, so its two rows are equal"
+        )
     for norm in norms_of(cells):
         mine = block(cells, norm)
         out += ["", f"## {norm.title}", ""]
@@ -150,13 +187,15 @@ def markdown(cells: list[Cell], distal: dict[str, dict[str, Any]], meta: dict[st
 
 
 def csv_rows(cells: list[Cell]) -> list[dict[str, Any]]:
-    """One row per norm, model and attack (and all attacks): the figures of the tables, the
-    paper's for the all-attacks row, the counts, queries and seconds per sample, and the run
-    dirs of a legacy cell."""
+    """One row per norm, model and attack (and the paper's attacks, all attacks): the figures
+    of the tables, the paper's for the paper's-attacks and all-attacks rows, the counts,
+    queries and seconds per sample, the run dirs of a legacy cell, whether an attack is one of
+    the paper's, and the optimality."""
     rows = []
     for cell in sorted(cells, key=lambda c: (c.norm.name, c.model.name)):
         for attack, stats in cell.stats["attacks"].items():
-            paper = paper_figure(cell) if attack == ALL_ROW else None
+            paper = paper_figure(cell) if attack in (ALL_ROW, PAPER_ROW) else None
+            among = attack in cell.paper_attacks if attack in cell.attacks else None
             rows.append(
                 {
                     "norm": cell.norm.name,
@@ -174,6 +213,8 @@ def csv_rows(cells: list[Cell]) -> list[dict[str, Any]]:
                     "queries_per_sample": stats["queries_per_sample"],
                     "seconds_per_sample": stats["seconds_per_sample"],
                     "legacy_source": ";".join(cell.legacy),
+                    "paper_attack": among,
+                    "optimality": stats.get("optimality"),
                 }
             )
     return rows
@@ -182,6 +223,7 @@ def csv_rows(cells: list[Cell]) -> list[dict[str, Any]]:
 def _tex(text: str) -> str:
     return (
         text.replace(" **!**", "$^\\dagger$")
+        .replace(" ‡", "$^\\ddagger$")
         .replace("**", "")
         .replace("_", "\\_")
         .replace("%", "\\%")

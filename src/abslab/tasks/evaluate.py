@@ -100,7 +100,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     wanted = set(datamodule.test_set.tensors[2].tolist())
     csv_path = output_dir / "per_sample.csv"
     on_disk = read_rows(csv_path)
-    done = {(r["index"], r["attack"]) for r in on_disk if r["index"] in wanted}
+    resumed = [r for r in on_disk if r["index"] in wanted]
+    done = {(r["index"], r["attack"]) for r in resumed}
     finished = {i for i in wanted if all((i, name) in done for name in names)}
     if finished:
         log.info(
@@ -130,7 +131,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             attacks,
             output_dir,
             seed=cfg.seed or 0,
-            done=done,
+            rows=resumed,
             total=len(wanted) - len(finished),
             progress=cfg.trainer.enable_progress_bar,
         )
@@ -157,7 +158,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         }
         if attacks:
             epsilons = curve_epsilons(cfg.norm)
-            summary.update(summarize(rows, names, float(cfg.norm.threshold), epsilons))
+            paper = [a.name for a in attacks if a.paper]
+            summary.update(summarize(rows, names, float(cfg.norm.threshold), epsilons, paper))
             summary["skipped_attacks"] = skipped
             summary["budgets"] = {a.name: {"source": a.source, **a.settings()} for a in attacks}
         summary.update(
