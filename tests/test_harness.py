@@ -119,6 +119,7 @@ ATTACKS = {
         {"init_epsilons": 10, "init_repetitions": 1},
     ),
     "deepfool": ("abslab.attacks.library.DeepFoolAttack", "l2", {"steps": 10}),
+    "deepfool_linf": ("abslab.attacks.library.DeepFoolAttack", "linf", {"steps": 10}),
 }
 
 
@@ -248,3 +249,23 @@ def test_old_csvs_without_gradients_and_note_still_read_and_extend(tmp_path):
     rows = read_rows(path)
     assert [(r["gradients"], r["note"]) for r in rows] == [(None, ""), (4, "exact")]
     assert np.isclose(rows[0]["seconds"], 0.01)
+
+
+def test_a_start_between_the_margin_and_the_aim_is_refined_not_dropped():
+    """A start verified at MARGIN in another batch can sit under AIM (float32 rounding): the
+    refiner must still start from it, and what it returns must hold the MARGIN."""
+    x, y = flat([0.05]), torch.zeros(1, dtype=torch.long)
+    start = x + 0.1508  # mean 0.2008: margin 1.6e-3, between MARGIN (1e-3) and AIM (2e-3)
+    refine = tiny(
+        "abslab.attacks.library.BoundaryAttack",
+        "l2",
+        steps=20,
+        init_directions=5,
+        init_steps=5,
+        start="best",
+    )
+    outcome = run_attack(refine, Threshold(), x, y, y, 0, start=start)
+    assert outcome.success.all() and outcome.queries[0] > 1
+    assert outcome.distance[0] <= (start - x).flatten().norm() + 1e-6
+    mean = outcome.adversarial.flatten().mean()
+    assert 2 * (mean - 0.2) >= 1e-3

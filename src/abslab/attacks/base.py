@@ -44,10 +44,12 @@ class Attack:
 
     Independence from the batch: an attack whose result or queries for a sample depend on the
     other samples of its batch declares `batched = False`: one that draws from torch's or
-    numpy's global generators, or whose loop keeps querying every sample until all are done
-    (foolbox's DeepFool). The harness then runs it one sample at a time, each under the seed of
-    (run seed, attack, test index). Attacks that draw from `model.rand` / `model.randn` (one
-    generator per sample) or nothing, and query a sample only for itself, run batched.
+    numpy's global generators. The harness then runs it one sample at a time, each under the
+    seed of (run seed, attack, test index). Attacks that draw from `model.rand` / `model.randn`
+    (one generator per sample) or nothing, and query a sample only for itself, run batched. An
+    attack whose work on a sample ends at its first adversarial, but whose loop queries every
+    sample until all are done (foolbox's DeepFool), declares `settles`: the QueryModel answers
+    a sample that has one without the defense, and it runs batched.
     """
 
     norms: tuple[str, ...] = NORMS
@@ -63,6 +65,7 @@ class Attack:
     start: str = "own"  # own | best (config key `start`)
     accepts_start: bool = False  # `run` can start from given adversarials (`start: best`)
     batched: bool = True  # False: the harness runs it one sample at a time (see above)
+    settles: bool = False  # True: a sample's first adversarial ends its queries (see above)
 
     def __init__(self, name: str, norm: str) -> None:
         if norm not in self.norms:

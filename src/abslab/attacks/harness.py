@@ -151,6 +151,7 @@ def _attack_group(
         attack.estimator,
         seeds=seeds,
         margin_view=True,
+        settle=attack.settles,
     )
     model.index, model.seed = index[group], seed
     if has_start is not None:

@@ -32,7 +32,7 @@ def run_from_starts(
     is adversarial now (foolbox aborts the whole batch on one that is not); the others keep
     x, which the harness records as a failure."""
     everyone = torch.arange(len(x), device=x.device)
-    rows = everyone[model.predict(starts, everyone) != y]
+    rows = everyone[model.start_from(starts, everyone)]
     out = x.clone()
     if len(rows) == 0:
         return out
@@ -87,7 +87,7 @@ class DeepFoolAttack(Attack):
     norms = ("l2", "linf")
     needs_gradient = True
     source = SOURCE
-    batched = False  # foolbox queries every sample of the batch until all are adversarial
+    settles = True  # foolbox queries every sample of the batch until all are adversarial
 
     def __init__(
         self,

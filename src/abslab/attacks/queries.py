@@ -37,7 +37,10 @@ def margin(logits: torch.Tensor, y: torch.Tensor, logit_scale: float) -> torch.T
 
 
 def adversarial(
-    logits: torch.Tensor, y: torch.Tensor, logit_scale: float, at_least: float = MARGIN
+    logits: torch.Tensor,
+    y: torch.Tensor,
+    logit_scale: float,
+    at_least: float | torch.Tensor = MARGIN,
 ) -> torch.Tensor:
     """Whether each row of logits (N, 10) is misclassified by at least `at_least` calibrated
     units (N,) bool; a row with NaN or inf is never adversarial."""
@@ -61,13 +64,19 @@ class QueryModel(nn.Module):
       reach the defense and are answered with logits that put the true class FROZEN_MARGIN
       ahead and have a zero gradient, so the attack cannot take it past its budget while the
       other samples go on.
+    - `settle`: a sample with an adversarial (`best` found) is settled: its further rows never
+      reach the defense and are answered with a wrong class FROZEN_MARGIN ahead, zero gradient.
+      For attacks whose work on a sample ends at its first adversarial but whose loop goes on
+      querying the batch until every sample has one (foolbox's DeepFool): the sample's counts
+      then equal a run at batch size 1, so the attack can run batched.
     - `best` (B, 1, 28, 28) and `best_distance` (B,): the smallest adversarial (misclassified
       by AIM, so the harness's MARGIN holds at any batch size) under `norm` among every
       queried image in [0, 1], as foolbox 1.3's `Adversarial` kept; an attack that returns
       only its last iterate, or raises, loses nothing it met on the way.
-    - `margin_view`: the logits returned raise the true class by AIM / logit_scale, so an
+    - `margin_view`: the logits returned raise the true class by `aim` / logit_scale, so an
       attack's own argmax test (foolbox's criteria, `predict`) aims beyond the harness's
       margin. The harness sets it; the plain wrapper (distal adversarials) leaves logits as is.
+      `aim` (B,) is AIM, lowered for a sample whose given start sits under it (`start_from`).
     - Per-sample randomness: `rand` and `randn` draw each sample's numbers from its own
       generator (seeded by the harness from the sample's test index, `seeds`), so an attack
       drawing from them gives a sample the same numbers in any batch.
@@ -91,12 +100,15 @@ class QueryModel(nn.Module):
         estimator: GradientEstimator | None = None,
         seeds: Sequence[int] | None = None,
         margin_view: bool = False,
+        settle: bool = False,
     ) -> None:
         super().__init__()
         n, device = len(x), x.device
         self.max_queries = max_queries
         self.estimator = estimator
         self.margin_view = margin_view
+        self.settle = settle
+        self.aim = torch.full((n,), AIM, device=device)
         self._jacobian_at: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
         self.defense = defense
         self.norm = norm
@@ -121,6 +133,13 @@ class QueryModel(nn.Module):
         if self.max_queries is None:
             return torch.zeros_like(self.has_start)
         return self.queries >= self.max_queries
+
+    @property
+    def settled(self) -> torch.Tensor:
+        """(B,) bool: with `settle`, the samples that have an adversarial."""
+        if not self.settle:
+            return torch.zeros_like(self.has_start)
+        return torch.isfinite(self.best_distance)
 
     def set_note(self, rows: torch.Tensor, text: str) -> None:
         """A note for samples rows (e.g. the exact 1-NN attack: "exact" or "upper bound")."""
@@ -178,14 +197,17 @@ class QueryModel(nn.Module):
         if not self.margin_view:
             return logits
         shift = nn.functional.one_hot(self.y[rows], logits.shape[1]).to(logits.dtype)
-        return logits + shift * (AIM / self.defense.logit_scale)
+        return logits + shift * (self.aim[rows, None] / self.defense.logit_scale)
 
     def _frozen_logits(
         self, inputs: torch.Tensor, rows: torch.Tensor, classes: int
     ) -> torch.Tensor:
-        """The answer to frozen rows (R, classes): the true class FROZEN_MARGIN ahead, with a
-        zero gradient (connected to inputs, so autograd still finds them in the graph)."""
-        logits = nn.functional.one_hot(self.y[rows], classes).to(inputs.dtype)
+        """The answer to rows that do not reach the defense (R, classes), with a zero gradient
+        (connected to inputs, so autograd still finds them in the graph): for a frozen sample
+        the true class FROZEN_MARGIN ahead; for a settled one, a wrong class."""
+        y = self.y[rows]
+        label = torch.where(self.settled[rows], (y + 1) % classes, y)
+        logits = nn.functional.one_hot(label, classes).to(inputs.dtype)
         logits = logits * (FROZEN_MARGIN / self.defense.logit_scale)
         if inputs.requires_grad:
             anchor = inputs.flatten(1)[:, :1] * 0
@@ -250,16 +272,18 @@ class QueryModel(nn.Module):
         return rows
 
     def _admit(self, rows: torch.Tensor) -> torch.Tensor:
-        """Positions (A,) of the call's rows (R,) that reach the defense: all without a budget;
-        else, per sample, as many of its rows, in order, as its budget has left."""
-        positions = torch.arange(len(rows), device=rows.device)
+        """Positions (A,) of the call's rows (R,) that reach the defense: none of a settled
+        sample; all without a budget; else, per sample, as many of its rows, in order, as its
+        budget has left."""
+        positions = torch.arange(len(rows), device=rows.device)[~self.settled[rows]]
+        rows = rows[positions]
         if self.max_queries is None:
             return positions
         order = torch.argsort(rows, stable=True)
         sorted_rows = rows[order]
         first = torch.searchsorted(sorted_rows, sorted_rows, right=False)
         rank = torch.empty_like(rows)
-        rank[order] = positions - first  # the k-th row of its sample in this call: k
+        rank[order] = torch.arange(len(rows), device=rows.device) - first  # k-th row of its sample
         return positions[self.queries[rows] + rank < self.max_queries]
 
     def _remember(self, inputs: torch.Tensor, logits: torch.Tensor, rows: torch.Tensor) -> None:
@@ -268,7 +292,7 @@ class QueryModel(nn.Module):
         self.queries.index_add_(0, rows, torch.ones_like(rows))
         flat = inputs.flatten(1)
         valid = (flat >= 0).all(1) & (flat <= 1).all(1)
-        found = valid & adversarial(logits, self.y[rows], self.defense.logit_scale, AIM)
+        found = valid & adversarial(logits, self.y[rows], self.defense.logit_scale, self.aim[rows])
         if not found.any():
             return
         size = distance(inputs[found], self.x[rows[found]], self.norm)
@@ -279,6 +303,23 @@ class QueryModel(nn.Module):
         where = owners[improves]
         self.best_distance[where] = size[improves]
         self.best[where] = inputs[found][improves]
+
+    def start_from(self, starts: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """Which starts (R, 1, 28, 28) of samples rows (R,) are adversarial by the harness's
+        MARGIN now (R,) bool, counted. A start the harness verified elsewhere (another batch,
+        another attack) can sit a float32 rounding under AIM here, which the margin view would
+        call not adversarial: for such a sample the view and the kept adversarials aim at the
+        midpoint of MARGIN and the start's margin instead, still beyond MARGIN."""
+        with torch.no_grad():
+            viewed = self(starts, rows)
+        rows = rows.to(self.x.device)
+        raw = margin(viewed, self.y[rows], self.defense.logit_scale)
+        if self.margin_view:
+            raw = raw + self.aim[rows]
+        usable = torch.isfinite(viewed).all(1) & (raw >= MARGIN)
+        lowered = torch.minimum(self.aim[rows], (MARGIN + raw) / 2)
+        self.aim[rows[usable]] = lowered[usable]
+        return usable
 
     def predict(self, inputs: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         """Labels (R,) of inputs for samples rows, counted and remembered, without gradients
