@@ -9,7 +9,7 @@ import torch
 from torch.nn import functional as F
 
 from abslab.data.sampling import ClassBalancedSampler
-from abslab.models.abs import PUBLISHED_CLASS_SCALARS, ABSDefense
+from abslab.models.abs import PUBLISHED_CLASS_SCALARS, ABSDefense, annealed_kl_weight
 from abslab.models.abs_inference import clip_to_ball, make_latent_bank, transposed_conv
 from abslab.models.pretrained import WeightsError, stack_reference_vaes
 from abslab.models.vae import pack_by_class, vae_loss_terms
@@ -149,6 +149,25 @@ def test_a_training_step_updates_only_the_vaes_of_classes_in_the_batch():
     grad = model.vaes.decoder.convs[1].weight.grad.view(10, -1)  # class c = row c
     has_grad = grad.abs().sum(1) > 0
     assert has_grad.tolist() == [c in (2, 5) for c in range(10)]
+
+
+def test_the_training_kl_weight_is_train_beta_annealed_and_the_bound_keeps_beta():
+    assert annealed_kl_weight(0.5, 0, 0.0) == 0.5  # no annealing
+    assert annealed_kl_weight(0.5, 4, 1.0) == 0.125  # a quarter of the way up
+    assert annealed_kl_weight(0.5, 4, 9.0) == 0.5  # after the ramp
+    torch.manual_seed(0)
+    model = ABSDefense(bank_size=10, train_beta=0.25, augment=0.0)
+    assert model.settings.beta == 1.0  # the bound that classifies
+    x, y = torch.rand(4, 1, 28, 28), torch.tensor([1, 1, 3, 3])
+    torch.manual_seed(1)
+    loss = model.training_step((x, y, torch.arange(4)), 0)
+    torch.manual_seed(1)
+    rec_error, kl = vae_loss_terms(model.vaes, *pack_by_class(x, y))
+    assert torch.allclose(loss, (rec_error + 0.25 * kl) / 4)
+    with pytest.raises(ValueError, match=r"model.train_beta=-1: .* >= 0"):
+        ABSDefense(bank_size=10, train_beta=-1)
+    with pytest.raises(ValueError, match=r"model.kl_warmup_epochs=-2: .*>= 0"):
+        ABSDefense(bank_size=10, kl_warmup_epochs=-2)
 
 
 def test_one_training_run_of_the_ten_vaes(tmp_path):

@@ -369,3 +369,12 @@ def test_an_attack_added_in_a_run_dir_of_its_own_is_a_layer_of_the_cell(tmp_path
     fake_run(tmp_path / "other", "madry", 0, 2, {"apgd_linf": [0.2, 0.2]})
     with pytest.raises(ReportError, match="must cover the same test images"):
         build_cells(find_runs([sweep, tmp_path / "other"])[0])
+
+
+def test_without_out_the_report_prints_the_table_and_writes_nothing(tmp_path, capsys):
+    sweep = tmp_path / "results" / "sweeps" / "table1_linf_own_smoke"
+    fake_run(sweep, "cnn", 0, 4, [0.05, 0.07, 0.0, 0.09])
+    before = sorted(p for p in tmp_path.rglob("*"))
+    main([str(sweep), "--wandb", "disabled"])
+    assert sorted(p for p in tmp_path.rglob("*")) == before
+    assert "| **all attacks** | 0.06 / 0% |" in capsys.readouterr().out

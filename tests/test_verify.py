@@ -40,3 +40,11 @@ def test_verify_passes_a_fresh_run_and_names_a_tampered_adversarial(tmp_path, ca
     np.savez_compressed(path, **arrays)
     assert main([str(run_dir)]) == 1
     assert "per_sample.csv adv_pred" in capsys.readouterr().err
+    # a config written before runs recorded how to reload their model: named, not a traceback
+    config = (run_dir / "config.yaml").read_text()
+    kept = [line for line in config.splitlines() if not line.startswith("weights:")]
+    (run_dir / "config.yaml").write_text("\n".join(kept) + "\n")
+    assert main([str(run_dir)]) == 1
+    out = capsys.readouterr()
+    assert f"{run_dir}: cannot be verified" in out.out
+    assert "config.yaml has no weights: it was written before" in out.err

@@ -29,7 +29,6 @@ from abslab.results.cells import (
 from abslab.results.figures import curves_figure, distal_figure, gallery_figure, load_paper_curves
 from abslab.results.tables import block, csv_rows, latex, markdown, norms_of, runs_table
 
-DEFAULT_OUT = Path("results/table1")
 DEFAULT_TITLE = "Table 1, reproduced by abslab"
 
 
@@ -56,14 +55,15 @@ def canonical_command(folders: list[Path], out: Path, title: str, notes: Path | 
 
 def report(
     folders: list[Path],
-    out: Path = DEFAULT_OUT,
+    out: Path | None = None,
     title: str = DEFAULT_TITLE,
     paper_curves: Path | None = None,
     notes: Path | None = None,
     wandb_mode: str = "offline",
-) -> Path:
+) -> Path | None:
     """Write <out>.md/.csv/.tex and the figures from the runs under `folders` (sweep dirs or
-    run dirs)."""
+    run dirs); without `out`, print the markdown table and write nothing (so a look at one run
+    never overwrites a committed table). Returns the .md written, or None."""
     import matplotlib.pyplot as plt
 
     summaries, unfinished = find_runs(folders)
@@ -79,6 +79,12 @@ def report(
         )
     cells = build_cells(attacked) if attacked else []
     distal = distal_results(distal_runs)
+    if out is None:
+        command = " ".join(["python -m abslab.report", *map(_quoted, map(str, folders))])
+        meta = {"title": title, "command": command, "figures": [], "notes": None}
+        meta["weights"] = ", ".join(sorted({weights_label(s) for s in summaries} - {"none"}))
+        print(markdown(cells, distal, meta))
+        return None
     out.parent.mkdir(parents=True, exist_ok=True)
     figures = []
     if cells:
@@ -146,7 +152,10 @@ def main(argv: list[str] | None = None) -> None:
         "folders", nargs="+", type=Path, help="sweep dirs (results/sweeps/...) or run dirs"
     )
     parser.add_argument(
-        "--out", type=Path, default=DEFAULT_OUT, help="output stem: <out>.md/.csv/.tex, <out>_*.png"
+        "--out",
+        type=Path,
+        default=None,
+        help="output stem: <out>.md/.csv/.tex, <out>_*.png (none: print the table, write nothing)",
     )
     parser.add_argument("--title", default=DEFAULT_TITLE)
     parser.add_argument(

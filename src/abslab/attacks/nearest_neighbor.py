@@ -55,7 +55,29 @@ class References:
         self.labels = labels.cpu()
 
 
-class NearestNeighborExact(Attack):
+class ReferenceSetAttack(Attack):
+    """An attack that reads the reference set of a `nearest_neighbor` model (the exact L2 and
+    L-inf attacks, the greedy L0 one) and queries the model only to verify its images."""
+
+    def unsupported(self, defense: Defense) -> str | None:
+        if not defense.nearest_neighbor:
+            return (
+                f"model={defense.name} is no nearest-neighbour classifier (nearest_neighbor = "
+                "False): the attack reads its reference set"
+            )
+        return super().unsupported(defense)
+
+    @staticmethod
+    def not_adversarial(
+        model: QueryModel, adversarial: torch.Tensor, y: torch.Tensor, found: torch.Tensor
+    ) -> torch.Tensor:
+        """Which found images (B,) bool the model, queried once per sample (counted, and with
+        the harness's margin), does not call adversarial; adversarial (B, 1, 28, 28)."""
+        rows = torch.arange(len(adversarial), device=adversarial.device)
+        return found & (model.predict(adversarial, rows).cpu() == y.cpu())
+
+
+class NearestNeighborExact(ReferenceSetAttack):
     """The smallest L2 (QP) or L-inf (LP) adversarial of a `nearest_neighbor` model, solved
     from its reference set; the model is queried once per sample, to verify the float32 image.
 
@@ -94,14 +116,6 @@ class NearestNeighborExact(Attack):
         self.primal_tolerance = primal_tolerance
         self.iteration_limit = iteration_limit
 
-    def unsupported(self, defense: Defense) -> str | None:
-        if not defense.nearest_neighbor:
-            return (
-                f"model={defense.name} is no nearest-neighbour classifier (nearest_neighbor = "
-                "False): the exact attack solves over a reference set"
-            )
-        return super().unsupported(defense)
-
     def run(
         self,
         model: QueryModel,
@@ -124,8 +138,7 @@ class NearestNeighborExact(Attack):
                 image = (flat[i] + torch.from_numpy(solution.perturbation)).clamp(0, 1)
                 adversarial[i] = image.reshape(x.shape[1:]).to(x)
         rows = torch.arange(len(x))
-        predicted = model.predict(adversarial, rows.to(x.device)).cpu()  # counted, remembered
-        lost = found & (predicted == y.cpu())
+        lost = self.not_adversarial(model, adversarial, y, found)
         for where, note in [
             (exact & ~lost, EXACT),  # also a sample proven to have no adversarial in the box
             (~exact & ~lost, UPPER_BOUND),

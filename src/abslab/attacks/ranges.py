@@ -101,6 +101,9 @@ ATTACK_RANGES: dict[str, Range] = {
     "margin": Range(0, low_open=True),  # squared L2 units
     "primal_tolerance": Range(0, low_open=True),
     "iteration_limit": COUNT,
+    # abslab.attacks.nearest_neighbor_l0 (the greedy 1-NN L0 attack)
+    "targets": Range(0, integer=True),  # other-class training images targeted, beside untargeted
+    "aim_factor": Range(1),  # the margin aimed at, in multiples of abslab.attacks.queries.AIM
 }
 # A budget's counts (conf/budget): null leaves the run's own value (distal_steps has none).
 BUDGET_RANGES: dict[str, Range] = {

@@ -35,10 +35,21 @@ from abslab.models.vae import (
 PUBLISHED_CLASS_SCALARS = (1.0, 0.96, 1.001, 1.06, 0.98, 0.96, 1.03, 1.0, 1.0, 1.0)
 
 
+def annealed_kl_weight(train_beta: float, warmup_epochs: float, epoch: float) -> float:
+    """The KL weight of a training step `epoch` epochs in (fractional): train_beta, ramped
+    linearly from 0 over the first `warmup_epochs` (KL annealing; 0: none). Training only: the
+    bound that classifies keeps `beta` (results/abs_margins.md: the decoders, not the KL, fall
+    short of the published VAEs, so training may weigh the KL less)."""
+    if warmup_epochs == 0:
+        return train_beta
+    return train_beta * min(1.0, epoch / warmup_epochs)
+
+
 class ABSDefense(Defense):
     """logit_c = -ELBO_c(x): class c's VAE explains x best when its bound is lowest.
 
-    Training fits each class's VAE to its own digits (squared-error ELBO, beta). Inference is
+    Training fits each class's VAE to its own digits (squared-error ELBO; KL weight
+    `train_beta`, null: `beta`, annealed over `kl_warmup_epochs`). Inference is
     the authors' (`abs_inference`): bank search, then `n_iter - 1` Adam steps in latent space.
     With `binarize_input` the model is binary ABS: input thresholded at 0.5 and every class's
     ELBO multiplied by `class_scalars`.
@@ -67,6 +78,8 @@ class ABSDefense(Defense):
         clip: float = 5.0,
         clip_mode: str = "project",
         beta: float = 1.0,
+        train_beta: float | None = None,
+        kl_warmup_epochs: float = 0.0,
         val_n_iter: int = 0,
         inference_chunk: int | None = None,
         cuda_graphs: bool = False,
@@ -90,6 +103,18 @@ class ABSDefense(Defense):
         self.settings = InferenceSettings(n_iter, inference_lr, clip, beta, clip_mode)
         self.val_settings = InferenceSettings(val_n_iter, inference_lr, clip, beta, clip_mode)
         self.beta = beta
+        if train_beta is not None and not train_beta >= 0:
+            raise ValueError(
+                f"model.train_beta={train_beta}: the training KL weight must be >= 0, or null "
+                "for model.beta."
+            )
+        if not kl_warmup_epochs >= 0:
+            raise ValueError(
+                f"model.kl_warmup_epochs={kl_warmup_epochs}: give the epochs of KL annealing, "
+                ">= 0 (0: none)."
+            )
+        self.train_beta = beta if train_beta is None else train_beta
+        self.kl_warmup_epochs = kl_warmup_epochs
         self.augment = augment
         self.inference_chunk = inference_chunk
         self.cuda_graphs = cuda_graphs
@@ -178,7 +203,9 @@ class ABSDefense(Defense):
         x = light_affine(x, self.augment)
         packed, mask = pack_by_class(x, y)
         rec_error, kl = vae_loss_terms(self.vaes, packed, mask)
-        loss = (rec_error + self.beta * kl) / len(x)
+        epoch = self.global_step / self.trainer.num_training_batches if self._trainer else 0.0
+        kl_weight = annealed_kl_weight(self.train_beta, self.kl_warmup_epochs, epoch)
+        loss = (rec_error + kl_weight * kl) / len(x)
         if not torch.isfinite(loss):
             raise FloatingPointError(
                 f"model={self.name}: the VAE loss is {loss.item()} at step {self.global_step}. "
@@ -188,6 +215,7 @@ class ABSDefense(Defense):
         self.log("train/loss", self.train_loss, on_step=True, on_epoch=True, prog_bar=True)
         self.log("train/reconstruction", rec_error / len(x), on_step=True, on_epoch=True)
         self.log("train/kl", kl / len(x), on_step=True, on_epoch=True)
+        self.log("train/kl_weight", kl_weight, on_step=True, on_epoch=False)
         return loss
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:

@@ -56,12 +56,27 @@ def _checkpoint(run_dir: Path, cfg: DictConfig) -> str | None:
     return recorded if recorded and Path(recorded).is_file() else None
 
 
+# What a run's config must hold for its model to be loaded again as the run loaded it.
+RUN_KEYS = ("model", "data", "norm", "weights", "registry", "published_root")
+
+
+class UnverifiableRun(Exception):
+    """A run dir whose records cannot reload its model (written by an older abslab)."""
+
+
 def load_run(
     run_dir: Path, data_root: str | None
 ) -> tuple[DictConfig, Defense, dict[int, tuple[torch.Tensor, int]], list[str]]:
     """The config, the model (its weights as the run loaded them), the test originals by
     test-file index (image (1, 28, 28), label) and problems found on the way."""
     cfg = run_config(run_dir)
+    missing = [key for key in RUN_KEYS if key not in cfg]
+    if missing:
+        raise UnverifiableRun(
+            f"{run_dir}: its config.yaml has no {', '.join(missing)}: it was written before runs "
+            "recorded how to reload their model, so it cannot be verified. Rerun it (its sweep's "
+            "command) to replace it."
+        )
     torch.set_flush_denormal(bool(cfg.get("flush_denormals", False)))
     if "card" not in cfg.model:  # written before models had cards: the card of today's config
         card = OmegaConf.load(MODEL_CONFIGS / f"{cfg.model.name}.yaml").card
@@ -156,8 +171,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     problems = []
     for run_dir in args.run_dirs:
-        found = verify_run(run_dir, args.data_root, args.all)
-        print(f"{run_dir}: {'verified' if not found else f'{len(found)} mismatches'}")
+        try:
+            found = verify_run(run_dir, args.data_root, args.all)
+            status = f"{len(found)} mismatches" if found else "verified"
+        except UnverifiableRun as err:
+            found, status = [str(err)], "cannot be verified"
+        print(f"{run_dir}: {status}")
         problems += found
     for problem in problems:
         print(problem, file=sys.stderr)
