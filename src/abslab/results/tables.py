@@ -250,36 +250,65 @@ def latex(cells: list[Cell]) -> str:
     return "\n".join(lines) + "\n"
 
 
-RUN_COLUMNS = {
+RUN_COLUMNS = {  # a summary.json key (dotted: nested, as config.model.train_beta) -> column
     "model": "model",
+    "config.model.train_beta": "train beta",
+    "config.model.kl_warmup_epochs": "KL warm-up epochs",
     "n_samples": "samples",
     "clean_accuracy": "clean acc.",
+    "val_accuracy_best": "val acc. (best epoch)",
     "test_acc": "test acc.",
+    "binary_abs_val_accuracy": "binary ABS val acc. (fitted scalars)",
+    "abs_images": "first N test images",
+    "abs_acc": "acc. (first N)",
+    "abs_squared_error": "squared error (first N)",
+    "abs_kl": "KL (first N)",
+    "abs_median_margin": "median margin (first N)",
     "norm": "norm",
     "epochs": "epochs",
     "wall_time_s": "wall time (s)",
+    "resumed_from": "resumed from (wall time: last call)",
     "commit": "commit",
     "hardware": "hardware",
     "command": "command",
 }
+RUN_FORMATS = {"abs_squared_error": "{:.2f}", "abs_kl": "{:.2f}", "abs_median_margin": "{:.4f}"}
+
+
+def run_field(summary: dict[str, Any], key: str) -> Any:
+    """A RUN_COLUMNS key of a summary (None where absent). `command` is the one that reruns the
+    run alone: a multirun job's own (job_command), else the process's."""
+    if key == "command":
+        return summary.get("job_command") or summary.get("command")
+    value: Any = summary
+    for part in key.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return value
 
 
 def _run_value(key: str, value: object) -> str:
     if value is None:
         return ""
-    if isinstance(value, float) and key.endswith(("accuracy", "acc")):
+    if isinstance(value, float) and ("accuracy" in key or key.endswith("acc")):
         return f"{100 * value:.2f}%"
-    if key == "command":
+    if key in RUN_FORMATS:
+        return RUN_FORMATS[key].format(value)
+    if key in ("command", "resumed_from"):
         return f"`{value}`"
     return str(value)
+
+
+def summaries_table(summaries: list[dict[str, Any]]) -> str:
+    """One markdown row per summary (a summary.json's content); only the columns some summary
+    has a value for."""
+    keys = [k for k in RUN_COLUMNS if any(run_field(s, k) is not None for s in summaries)]
+    lines = ["| " + " | ".join(RUN_COLUMNS[k] for k in keys) + " |", "|" + "---|" * len(keys)]
+    for summary in summaries:
+        lines.append("| " + " | ".join(_run_value(k, run_field(summary, k)) for k in keys) + " |")
+    return "\n".join(lines)
 
 
 def runs_table(run_dirs: list[Path]) -> str:
     """One row per run dir's summary.json (train or evaluate runs); only the columns some run
     has (results/baselines.md)."""
-    summaries = [json.loads((d / "summary.json").read_text()) for d in run_dirs]
-    keys = [k for k in RUN_COLUMNS if any(k in s for s in summaries)]
-    lines = ["| " + " | ".join(RUN_COLUMNS[k] for k in keys) + " |", "|" + "---|" * len(keys)]
-    for summary in summaries:
-        lines.append("| " + " | ".join(_run_value(k, summary.get(k)) for k in keys) + " |")
-    return "\n".join(lines)
+    return summaries_table([json.loads((d / "summary.json").read_text()) for d in run_dirs])

@@ -2,21 +2,26 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from abslab.data.mnist import first_test_images
+from abslab.models.abs import ABSDefense
 from abslab.models.base import build_defense
-from abslab.models.checkpoints import slim_checkpoint
+from abslab.models.checkpoints import load_checkpoint_weights, slim_checkpoint
+from abslab.tasks.abs_margins import bounds_and_errors, margins, objective_terms
 from abslab.tasks.fit_scalars import fit_and_write
 from abslab.utils.loggers import log_summary
-from abslab.utils.run_io import git_commit, provenance, write_summary
+from abslab.utils.run_io import git_commit, job_command, provenance, write_summary
 from abslab.utils.seeding import seed_if_given
 from abslab.utils.task import logged_run
 
@@ -43,17 +48,60 @@ def export_weights(cfg: DictConfig, checkpoint: str, datamodule: Any) -> dict[st
     return exported
 
 
+def abs_diagnostics(cfg: DictConfig, weights: str | Path) -> dict[str, Any]:
+    """What results/abs.md compares ABS models by, on the first `cfg.abs_diagnostics` test
+    images under the full inference of `cfg.model` with `weights`: accuracy, the training
+    objective's squared error and KL per image (each digit through its own class's VAE, beta 1)
+    and the median class-specificity margin D_best other - D_true (per pixel). On the CPU, as
+    abslab.tasks.abs_margins measures the published VAEs (results/abs_margins.md)."""
+    model = build_defense(cfg.model)
+    load_checkpoint_weights(model, weights)
+    model.eval()
+    x, y, _ = first_test_images(cfg.data.root, cfg.abs_diagnostics)
+    bounds, _ = bounds_and_errors(model, x)
+    terms = objective_terms(model, x, y)
+    labels = y.numpy()
+    return {
+        "abs_images": len(labels),
+        "abs_acc": float(np.mean(bounds.argmin(1) == labels)),
+        "abs_squared_error": terms["squared error"],
+        "abs_kl": terms["KL"],
+        "abs_median_margin": float(np.median(margins(bounds, labels))),
+    }
+
+
+def resume_checkpoint(cfg: DictConfig) -> str | None:
+    """The checkpoint the fit resumes from: `ckpt_path`, else with `resume_run_dir` the run
+    dir's checkpoints/last.ckpt where an earlier call left one (a rerun sweep job)."""
+    if cfg.ckpt_path is not None:
+        if not Path(cfg.ckpt_path).is_file():
+            raise FileNotFoundError(
+                f"ckpt_path={cfg.ckpt_path} does not exist; give the last.ckpt of the run to "
+                "resume."
+            )
+        return str(cfg.ckpt_path)
+    last = Path(cfg.output_dir) / "checkpoints" / "last.ckpt"
+    return str(last) if cfg.resume_run_dir and last.is_file() else None
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
-    """Fit `cfg.model` on `cfg.data`, test the best checkpoint, write summary.json."""
+    """Fit `cfg.model` on `cfg.data`, test the best checkpoint, write summary.json.
+    With `resume_run_dir`, a run dir that has summary.json is finished: its summary returns."""
+    output_dir = Path(cfg.output_dir)
+    finished = output_dir / "summary.json"
+    if cfg.resume_run_dir and finished.is_file():
+        log.info("%s exists: the run is finished, skipped (resume_run_dir=true).", finished)
+        return json.loads(finished.read_text())
     seed_if_given(cfg.seed)
     torch.set_flush_denormal(cfg.flush_denormals)
-    if cfg.ckpt_path is not None and not Path(cfg.ckpt_path).is_file():
-        raise FileNotFoundError(
-            f"ckpt_path={cfg.ckpt_path} does not exist; give the last.ckpt of the run to resume."
-        )
-    output_dir = Path(cfg.output_dir)
+    ckpt_path = resume_checkpoint(cfg)
     datamodule = instantiate(cfg.data)
     model = build_defense(cfg.model)
+    if cfg.abs_diagnostics and not isinstance(model, ABSDefense):
+        raise ValueError(
+            f"abs_diagnostics={cfg.abs_diagnostics} measures ABS models; model={model.name} is "
+            "not one: set abs_diagnostics=0."
+        )
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
     start = time.time()
     commit = git_commit()  # at the start: the code that runs, whatever HEAD is later
@@ -62,7 +110,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         summary: dict[str, Any] = {"model": model.name, "seed": cfg.seed}
         best = None
         if model.needs_training:
-            trainer.fit(model, datamodule, ckpt_path=cfg.ckpt_path)
+            summary["resumed_from"] = ckpt_path
+            trainer.fit(model, datamodule, ckpt_path=ckpt_path)
             checkpointer = trainer.checkpoint_callback
             best = (checkpointer.best_model_path or None) if checkpointer else None
             summary["best_checkpoint"] = best
@@ -77,10 +126,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             log.info("model=%s needs no training; testing it as it is.", model.name)
         if model.needs_training and trainer.is_global_zero:
             summary.update(export_weights(cfg, best or summary["last_checkpoint"], datamodule))
+            if cfg.abs_diagnostics:
+                summary.update(abs_diagnostics(cfg, summary["weights"]))
         if cfg.test_after_fit:
             results = trainer.test(model, datamodule, ckpt_path=best)
             summary.update({k.replace("test/", "test_"): v for k, v in results[0].items()})
         summary.update(provenance(output_dir, start, commit))
+        summary["job_command"] = job_command()
         if trainer.is_global_zero:
             log_summary(logger, summary)
             summary["config"] = OmegaConf.to_container(cfg, resolve=True)

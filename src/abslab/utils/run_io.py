@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import platform
+import shlex
 import subprocess
 import sys
 import time
@@ -41,6 +42,17 @@ def git_commit() -> str | None:
 def command_line() -> str:
     """The command that started this process, for results files."""
     return " ".join(["python", *sys.argv])
+
+
+def job_command() -> str | None:
+    """The command that reruns this Hydra job alone: its script and the job's own overrides
+    (in a multirun, sys.argv holds the whole sweep's). None outside a Hydra app (tests)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return None
+    overrides = [shlex.quote(o) for o in HydraConfig.get().overrides.task]
+    return " ".join(["python", sys.argv[0], *overrides])
 
 
 def hardware() -> str:
