@@ -144,18 +144,17 @@ class SweepSection:
 
 
 def sweep_costs(folders: list[Path]) -> list[SweepSection]:
-    """The cost sections of the finished run dirs under `folders` (run dirs or sweep dirs),
+    """The cost sections of the finished run dirs under `folders` (run dirs or sweep dirs;
+    unfinished ones are named and left out),
     grouped by model, weights, budget and norm; a group's shards are merged and checked as the
     report merges them (abslab.results.cells.merge_cell: same attacks and budgets, no overlaps,
     gaps or missing rows). Clean misclassifications (clean_pred != label) were not attacked and
     count nowhere."""
     summaries, unfinished = find_runs(folders)
-    if unfinished:
-        listing = ", ".join(map(str, unfinished))
-        raise ReportError(
-            f"{listing}: per_sample.csv but no summary.json (a run not finished): let it finish "
-            "or rerun its sweep, or leave the dir out."
-        )
+    if unfinished:  # as the report: named and left out, their finished shards still count
+        print("Left out, unfinished (rerun their sweep to finish them):")
+        for path in unfinished:
+            print(f"  {path}")
     if not summaries:
         raise ReportError(f"No run dirs (summary.json) under {', '.join(map(str, folders))}.")
     groups: dict[tuple[str, str, str, str], list[dict[str, Any]]] = defaultdict(list)
@@ -321,9 +320,14 @@ def write_section(path: Path, heading: str, section: str) -> None:
     file's opening paragraph HEADER's."""
     text = path.read_text() if path.exists() else HEADER
     pattern = re.compile(rf"^{re.escape(heading)}.*?(?=^## |\Z)", re.S | re.M)
-    text = pattern.sub(lambda _: section + "\n", text) if pattern.search(text) else text + section
+    section = section.rstrip("\n") + "\n\n"  # one blank line between sections
+    if pattern.search(text):
+        text = pattern.sub(lambda _: section, text)
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
     first = re.search(r"^## ", text, re.M)
-    path.write_text(HEADER + (text[first.start() :] if first else ""))
+    body = text[first.start() :].rstrip("\n") + "\n" if first else ""
+    path.write_text(HEADER + body)
 
 
 HEADER = """# Attack cost per sample (bench/attacks.py)
