@@ -13,6 +13,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
 from abslab.results.abs_runs import BEGIN, END, main, markdown_rows
+from abslab.results.cells import _flat
 from conftest import CONF, compose_config, run_train, tiny_overrides
 
 SHORT = [
@@ -21,16 +22,6 @@ SHORT = [
     "+trainer.limit_val_batches=1",
     "+trainer.limit_test_batches=1",
 ]
-
-
-def _leaves(tree: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(_leaves(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def test_the_sweep_is_six_jobs_of_the_abs_recipe_each_in_a_fixed_dir(tmp_path):
@@ -59,9 +50,9 @@ def test_the_sweep_is_six_jobs_of_the_abs_recipe_each_in_a_fixed_dir(tmp_path):
         "beta0.25_warm10": (0.25, 10),
     }
     # a job is experiment=abs's recipe with its two keys, resuming and the diagnostics on
-    recipe = _leaves(OmegaConf.to_container(compose_config("train", ["experiment=abs"], tmp_path)))
+    recipe = _flat(OmegaConf.to_container(compose_config("train", ["experiment=abs"], tmp_path)))
     job = compose_config("train", ["experiment=abs_sweep", *jobs[3]], tmp_path)
-    changed = {k for k, v in _leaves(OmegaConf.to_container(job)).items() if recipe[k] != v}
+    changed = {k for k, v in _flat(OmegaConf.to_container(job)).items() if recipe[k] != v}
     assert changed == {
         "model.train_beta",
         "model.kl_warmup_epochs",
