@@ -1,20 +1,14 @@
 """Cost of each attack per sample: seconds, forward and backward passes, to plan a sweep.
 
 python -m bench.attacks --runs results/sweeps/table1_*_published_cpu/cnn_0
-python -m bench.attacks --model cnn --samples 100
-python -m bench.attacks --model abs --samples 4 --budget boundary.steps=200
 
---runs RUN_DIR...: reads what the sweeps' run dirs recorded (per_sample.csv, summary.json,
-segments.jsonl), every attack at the budget the run gave it: one section of
-results/attacks_speed.md per model, weights, budget and norm, its shards (run dirs of other
-test images) merged, with each run dir's commands, commits and hardware. Nothing runs.
+Reads what the sweeps' run dirs recorded (per_sample.csv, summary.json, segments.jsonl), every
+attack at the budget the run gave it, in the order the suite ran it (conf/attack/<norm>.yaml,
+lowered by conf/budget/): one section of results/attacks_speed.md per model, weights, budget
+and norm, its shards (run dirs of other test images) merged, with each run dir's commands,
+commits and hardware. Nothing runs here: `python evaluate.py` measures, this reads.
 
-Direct mode (no --runs): runs each attack of SUITES (conf/attack/<name>.yaml, lowered by
---budget, and the table then says so) through the harness on the first test images with the
-authors' published weights, one batch of --samples images (batching lowers the times), and
-writes a section per model and hardware with the command and commit.
-
-Both count per attacked (clean-correct) sample: the harness's wall seconds, forward rows
+Counted per attacked (clean-correct) sample: the harness's wall seconds, forward rows
 (queries) and backward passes; ms/forward divides the seconds (backward passes included) by the
 forward rows, so a budget change can be extrapolated.
 """
@@ -28,14 +22,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from abslab.attacks.harness import Outcome, run_attack
-from abslab.attacks.suite import instantiate_attack
-from abslab.data.mnist import first_test_images
-from abslab.models.abs import ABSDefense
-from abslab.models.base import Defense
-from abslab.models.cnn import CNNDefense
 from abslab.results.cells import (
     ReportError,
     changed_budgets,
@@ -44,16 +30,9 @@ from abslab.results.cells import (
     shard,
     weights_label,
 )
-from abslab.utils.run_io import command_line, git_commit, hardware
 from abslab.utils.run_records import read_segments
-from bench.configs import attack_config
 
 REPO = Path(__file__).resolve().parents[1]
-SUITES = {
-    "l2": ["gaussian_noise", "boundary", "pointwise_l2", "fgm", "deepfool_l2", "bim_l2"],
-    "linf": ["fgsm", "deepfool_linf", "bim", "mim", "pgd"],
-    "l0": ["salt_pepper", "pointwise"],
-}
 TABLE_HEAD = (
     "| norm | attack | code | settings changed from conf/attack/<attack>.yaml | attacked "
     "| s/sample | forward/sample | backward/sample | ms/forward | broken | errors |\n"
@@ -210,66 +189,6 @@ def _shown(path: Path) -> str:
     return str(resolved.relative_to(REPO)) if resolved.is_relative_to(REPO) else str(path)
 
 
-def load_model(name: str, weights: Path) -> Defense:
-    if name == "cnn":
-        return CNNDefense(pretrained=str(weights / "cnn")).eval()
-    return ABSDefense(pretrained=str(weights / "abs")).eval()
-
-
-def lowered(name: str, budget: list[str]) -> list[str]:
-    """The `key=value` items of --budget that belong to attack `name` (given as name.key=value)."""
-    return [item.split(".", 1)[1] for item in budget if item.split(".", 1)[0] == name]
-
-
-def outcome_cost(
-    norm: str, name: str, code: str, changed: list[str], outcome: Outcome, attacked: torch.Tensor
-) -> AttackCost:
-    """The AttackCost of a harness outcome on the samples `attacked` (B,) bool."""
-    rows = attacked.nonzero().flatten().tolist()
-    cost = AttackCost(norm, name, code, changed)
-    for i in rows:
-        cost.add(
-            {
-                "seconds": float(outcome.seconds[i]),
-                "queries": int(outcome.queries[i]),
-                "gradients": int(outcome.gradients[i]),
-                "success": bool(outcome.success[i]),
-                "error": outcome.error[i],
-            }
-        )
-    return cost
-
-
-def run_direct(args: argparse.Namespace) -> None:
-    """Direct mode: run the attacks here through the harness and write their section."""
-    torch.set_flush_denormal(True)
-    x, y, _ = first_test_images(args.root, args.samples)
-    model = load_model(args.model, Path(args.weights))
-    with torch.no_grad():
-        clean = model(x).argmax(1)
-    attacked = clean == y
-    heading = f"## {args.model}, {hardware()}"
-    lines = [
-        heading,
-        "",
-        f"`{command_line()}` at commit {git_commit()}; the first {args.samples} test images "
-        f"({int(attacked.sum())} correctly classified and attacked), one batch.",
-        "",
-        TABLE_HEAD,
-    ]
-    for norm in args.norms:
-        for name in SUITES[norm]:
-            if args.only and name not in args.only:
-                continue
-            changed = lowered(name, args.budget)
-            attack = instantiate_attack(name, attack_config(name, changed))
-            outcome = run_attack(attack, model, x, y, clean, seed=0)
-            cost = outcome_cost(norm, name, attack.source, changed, outcome, attacked)
-            lines.append(cost.markdown())
-            print(lines[-1], flush=True)
-    write_section(Path(args.out), heading, "\n".join(lines) + "\n")
-
-
 def run_sweeps(args: argparse.Namespace) -> None:
     """--runs mode: write one section per model, weights, budget and norm of the run dirs."""
     try:
@@ -282,37 +201,17 @@ def run_sweeps(args: argparse.Namespace) -> None:
         write_section(Path(args.out), section.heading(), text)
 
 
-DIRECT_ONLY = ("model", "samples", "norms", "only", "budget")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--runs",
         nargs="+",
+        required=True,
         metavar="RUN_DIR",
-        help="read these run dirs (or sweep dirs) instead of running attacks",
+        help="run dirs or sweep dirs of evaluate.py (unfinished ones are named and left out)",
     )
-    parser.add_argument("--model", choices=["cnn", "abs"], help="direct mode (default cnn)")
-    parser.add_argument("--samples", type=int, help="direct mode (default 100)")
-    parser.add_argument("--norms", nargs="+", choices=list(SUITES), help="direct mode")
-    parser.add_argument("--only", nargs="*", help="direct mode: attack names to run")
-    parser.add_argument("--budget", nargs="*", help="direct mode: attack.key=value overrides")
-    parser.add_argument("--root", default=str(REPO.parent / "shared" / "data" / "mnist"))
-    parser.add_argument("--weights", default=str(REPO.parent / "shared/data/reference_models"))
     parser.add_argument("--out", default=str(REPO / "results" / "attacks_speed.md"))
-    args = parser.parse_args()
-    if args.runs:
-        given = [f"--{key}" for key in DIRECT_ONLY if getattr(args, key) is not None]
-        if given:
-            parser.error(f"{', '.join(given)}: direct mode only; drop with --runs.")
-        run_sweeps(args)
-        return
-    args.model = args.model or "cnn"
-    args.samples = args.samples or 100
-    args.norms = args.norms or list(SUITES)
-    args.budget = args.budget or []
-    run_direct(args)
+    run_sweeps(parser.parse_args())
 
 
 def write_section(path: Path, heading: str, section: str) -> None:
@@ -338,12 +237,11 @@ are read from the committed sweeps at the budgets they ran, and regenerate with
 
 ```bash
 python -m bench.attacks --runs results/sweeps/table1_*_published_cpu/cnn_0 \\
-    results/sweeps/table1_*_published_cpu/abs_*
+    results/sweeps/table1_*_published_cpu/abs_* results/sweeps/table1_*_published_cpu/binary_abs_*
 ```
 
-Each section names its command(s), commit(s), hardware and N; the other sections are older
-measurements with their own commands (`python -m bench.attacks` without --runs, bench/ge_costs.py,
-or the run they name).
+Each section names its command(s), commit(s), hardware and N; a section of another heading is
+a measurement with its own command (bench/ge_costs.py).
 
 """
 
