@@ -1,6 +1,6 @@
 """The table of ABS training runs (experiment=abs_sweep) in results/abs.md, from their summary.json.
 
-python -m abslab.results.abs_runs outputs/models/abs_sweep/* --out results/abs.md
+python -m abslab.results.abs_runs results/abs_runs/abs_sweep/* --out results/abs.md
 
 One row per run dir (abslab.results.tables.summaries_table: command, commit, train_beta,
 kl_warmup_epochs, epochs, wall time, validation and test accuracy, binary ABS's validation
