@@ -24,7 +24,7 @@ SHORT = [
 ]
 
 
-def test_the_sweep_is_six_jobs_of_the_abs_recipe_each_in_a_fixed_dir(tmp_path):
+def test_the_sweep_is_four_jobs_of_the_abs_recipe_each_in_a_fixed_dir(tmp_path):
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         hydra_cfg = compose(
             "train", ["experiment=abs_sweep", "registry=reg"], return_hydra_config=True
@@ -40,22 +40,27 @@ def test_the_sweep_is_six_jobs_of_the_abs_recipe_each_in_a_fixed_dir(tmp_path):
                 "train", ["experiment=abs_sweep", "registry=reg", *job], return_hydra_config=True
             )
             assert cfg.hydra.run.dir == f"{cfg.hydra.sweep.dir}/{cfg.hydra.sweep.subdir}"
-            dirs[cfg.hydra.sweep.subdir] = (cfg.model.train_beta, cfg.model.kl_warmup_epochs)
+            model = cfg.model
+            dirs[cfg.hydra.sweep.subdir] = (
+                model.train_beta,
+                model.kl_warmup_epochs,
+                model.augmentation,
+            )
     assert dirs == {
-        "beta1.0_warm0": (1.0, 0),
-        "beta1.0_warm10": (1.0, 10),
-        "beta0.5_warm0": (0.5, 0),
-        "beta0.5_warm10": (0.5, 10),
-        "beta0.25_warm0": (0.25, 0),
-        "beta0.25_warm10": (0.25, 10),
+        "beta1.0_warm0_light": (1.0, 0, "light"),
+        "beta1.0_warm0_augmentor": (1.0, 0, "augmentor"),
+        "beta0.5_warm0_light": (0.5, 0, "light"),
+        "beta0.5_warm0_augmentor": (0.5, 0, "augmentor"),
     }
-    # a job is experiment=abs's recipe with its two keys, resuming and the diagnostics on
+    # a job is experiment=abs's recipe with its keys, resuming and the diagnostics on
     recipe = _flat(OmegaConf.to_container(compose_config("train", ["experiment=abs"], tmp_path)))
+    assert recipe["model.augmentation"] == "light" and recipe["model.kl_warmup_epochs"] == 0
     job = compose_config("train", ["experiment=abs_sweep", *jobs[3]], tmp_path)
+    assert job.model.augmentation == "augmentor"
     changed = {k for k, v in _flat(OmegaConf.to_container(job)).items() if recipe[k] != v}
     assert changed == {
         "model.train_beta",
-        "model.kl_warmup_epochs",
+        "model.augmentation",
         "resume_run_dir",
         "abs_diagnostics",
         "logger.group",

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from abslab.data.augment import light_affine
+from abslab.data.augment import PIPELINES
 from abslab.models.abs_inference import (
     FoldedDecoder,
     GraphedOptimiser,
@@ -49,8 +49,10 @@ class ABSDefense(Defense):
     """logit_c = -ELBO_c(x): class c's VAE explains x best when its bound is lowest.
 
     Training fits each class's VAE to its own digits (squared-error ELBO; KL weight
-    `train_beta`, null: `beta`, annealed over `kl_warmup_epochs`). Inference is
-    the authors' (`abs_inference`): bank search, then `n_iter - 1` Adam steps in latent space.
+    `train_beta`, null: `beta`, annealed over `kl_warmup_epochs`) on augmented images
+    (`augmentation`: "light" or "augmentor", data/augment.py; each op with probability `augment`).
+    Inference is the authors' (`abs_inference`): bank search, then `n_iter - 1` Adam steps in
+    latent space.
     With `binarize_input` the model is binary ABS: input thresholded at 0.5 and every class's
     ELBO multiplied by `class_scalars`.
 
@@ -84,6 +86,7 @@ class ABSDefense(Defense):
         inference_chunk: int | None = None,
         cuda_graphs: bool = False,
         augment: float = 0.1,
+        augmentation: str = "light",
         lr: float = 3e-3,
         weight_decay: float = 0.0,
         scheduler: str = "none",
@@ -116,6 +119,11 @@ class ABSDefense(Defense):
         self.train_beta = beta if train_beta is None else train_beta
         self.kl_warmup_epochs = kl_warmup_epochs
         self.augment = augment
+        if augmentation not in PIPELINES:
+            raise ValueError(
+                f"model.augmentation={augmentation!r}: choose one of {', '.join(PIPELINES)}."
+            )
+        self.augmentation = PIPELINES[augmentation]
         self.inference_chunk = inference_chunk
         self.cuda_graphs = cuda_graphs
         self.vaes = TenVAEs()
@@ -200,7 +208,7 @@ class ABSDefense(Defense):
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         x, y, _ = batch
-        x = light_affine(x, self.augment)
+        x = self.augmentation(x, self.augment)
         packed, mask = pack_by_class(x, y)
         rec_error, kl = vae_loss_terms(self.vaes, packed, mask)
         epoch = self.global_step / self.trainer.num_training_batches if self._trainer else 0.0
