@@ -181,8 +181,7 @@ def skew_corners(
     half = torch.randint(0, 2, (n,), generator=generator)
     corner = torch.randint(0, 8, (n,), generator=generator)
     plane = torch.stack([tilt, half, 2 + half, 4 + corner])[kind, torch.arange(n)]
-    square = torch.tensor([[0, 0], [width, 0], [width, height], [0, height]], dtype=torch.float64)
-    return square + _SKEW_MOVES[plane] * amount[:, None, None]
+    return _corners(height, width) + _SKEW_MOVES[plane] * amount[:, None, None]
 
 
 def shear_angles(
@@ -243,7 +242,7 @@ def skew(x: torch.Tensor, corners: torch.Tensor) -> torch.Tensor:
     x (N, C, H, W) -> same shape.
     """
     height, width = x.shape[-2:]
-    square = torch.tensor([[0, 0], [width, 0], [width, height], [0, height]], dtype=torch.float64)
+    square = _corners(height, width)
     new = corners.cpu().double()
     # PIL's PERSPECTIVE coefficients: x_in = (a x + b y + c) / (g x + h y + 1), y_in likewise
     # with d, e, f; solved from new corner -> old corner, as Augmentor (which uses a pinv).
@@ -279,6 +278,11 @@ def distort(x: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
     wx = _cell_weights(width, cols + 1)  # (W, gw + 1)
     offsets = torch.einsum("iy,ncyx,jx->nijc", wy, vertex_shifts, wx)
     return _sample(x, grid + offsets)
+
+
+def _corners(height: int, width: int) -> torch.Tensor:
+    """(4, 2) float64 (x, y) of the corners TL, TR, BR, BL of the [0, width] x [0, height] image."""
+    return torch.tensor([[0, 0], [width, 0], [width, height], [0, height]], dtype=torch.float64)
 
 
 def _cell_weights(size: int, cells: int) -> torch.Tensor:
