@@ -238,8 +238,8 @@ are read from the committed sweeps at the budgets they ran, and regenerate with
 ```bash
 python -m bench.attacks --runs results/sweeps/table1_*_published_cpu/cnn_0 \\
     results/sweeps/table1_*_published_cpu/abs_* \\
-    results/sweeps/table1_l0_published_cpu/binary_abs_* \\
-    results/sweeps/table1_linf_published_cpu/binary_abs_*
+    results/sweeps/table1_*_published_cpu/binary_abs_* \\
+    results/sweeps/table1_*_own_cpu/nearest_neighbor_*
 ```
 
 Each section names its command(s), commit(s), hardware and N; a section of another heading is

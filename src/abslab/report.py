@@ -1,6 +1,6 @@
 """Table 1 and the paper's figures from run dirs, the one report of abslab:
 
-    python -m abslab.report results/sweeps/*_own_cpu results/attack_runs/nn_* --out results/table1
+    python -m abslab.report results/sweeps/*_own_cpu --out results/table1
     python -m abslab.report outputs/evaluate/<run> --out outputs/evaluate/<run>/report   # one run
     python -m abslab.report --runs outputs/train/<run> ...   # train/eval runs as one table
 
