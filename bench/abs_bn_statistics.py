@@ -21,8 +21,7 @@ import argparse
 import torch
 
 from abslab.data.mnist import load_mnist
-from abslab.models.abs import ABSDefense
-from abslab.models.checkpoints import load_checkpoint_weights
+from abslab.models.abs import ABSDefense, published_and_trained
 from abslab.models.vae import N_CLASSES
 
 LIVE_VARIANCE = 1e-2
@@ -58,13 +57,10 @@ def main() -> None:
     data = load_mnist(args.root)
     x = torch.from_numpy(data["train_images"][: args.samples]).float().div(255)[:, None]
     y = torch.from_numpy(data["train_labels"][: args.samples]).long()
-    models = {f"published ({args.published})": ABSDefense(pretrained=args.published)}
-    for path in args.ckpt:
-        models[path] = ABSDefense()
-        load_checkpoint_weights(models[path], path)
+    models = published_and_trained(args.published, args.ckpt)
     print(f"First encoder layer, {args.samples} training images; mismatch own / all classes:")
     for name, model in models.items():
-        m = first_layer_mismatch(model.eval(), x, y)
+        m = first_layer_mismatch(model, x, y)
         print(
             f"- {name}: mean {m['mean, own']:.3f} / {m['mean, all']:.3f} stored std, "
             f"variance {m['variance, own']:.3f} / {m['variance, all']:.3f} |log ratio|"

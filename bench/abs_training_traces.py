@@ -22,8 +22,7 @@ import argparse
 import torch
 
 from abslab.data.mnist import MNISTDataModule
-from abslab.models.abs import ABSDefense
-from abslab.models.checkpoints import load_checkpoint_weights
+from abslab.models.abs import ABSDefense, published_and_trained
 from abslab.tasks.abs_margins import objective_terms
 
 
@@ -59,10 +58,7 @@ def main() -> None:
         "validation": data.val_set.tensors,
         "test": data.test_set.tensors,
     }
-    models = {"published": ABSDefense(pretrained=args.published).eval()}
-    for path in args.ckpt:
-        models[path] = ABSDefense().eval()
-        load_checkpoint_weights(models[path], path)
+    models = published_and_trained(args.published, args.ckpt)
 
     scales = {name: weight_scales(model) for name, model in models.items()}
     layers = list(scales["published"])

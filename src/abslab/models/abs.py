@@ -20,6 +20,7 @@ from abslab.models.abs_inference import (
     optimise_latents,
 )
 from abslab.models.base import Batch, Defense, Inference
+from abslab.models.checkpoints import load_checkpoint_weights
 from abslab.models.nets import binarize
 from abslab.models.pretrained import WeightsError, load_checked, load_reference_abs
 from abslab.models.vae import (
@@ -231,3 +232,13 @@ class ABSDefense(Defense):
         x, y, _ = batch
         self.val_acc(self.infer(x, self.val_settings).logits.argmax(1), y)
         self.log("val/acc", self.val_acc, on_step=False, on_epoch=True, prog_bar=True)
+
+
+def published_and_trained(published: str | Path, ckpts: Sequence[str]) -> dict[str, ABSDefense]:
+    """The published VAEs (key "published") and abslab's ABS of each train.py checkpoint (key:
+    its path), in eval mode: the side by side of every ABS diagnostic."""
+    models = {"published": ABSDefense(pretrained=str(published)).eval()}
+    for path in ckpts:
+        models[path] = ABSDefense().eval()
+        load_checkpoint_weights(models[path], path)
+    return models

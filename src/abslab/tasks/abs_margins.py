@@ -28,8 +28,7 @@ import torch
 from matplotlib.figure import Figure
 
 from abslab.data.mnist import first_test_images
-from abslab.models.abs import ABSDefense
-from abslab.models.checkpoints import load_checkpoint_weights
+from abslab.models.abs import ABSDefense, published_and_trained
 from abslab.models.vae import pack_by_class, vae_loss_terms
 from abslab.utils.run_io import command_line, git_commit, hardware
 
@@ -168,9 +167,8 @@ def main() -> None:
 
     torch.set_flush_denormal(True)
     x, y, _ = first_test_images(args.root, args.samples)
-    own = ABSDefense().eval()
-    load_checkpoint_weights(own, args.ckpt)
-    models = {"published": ABSDefense(pretrained=args.pretrained).eval(), "abslab": own}
+    models = published_and_trained(args.pretrained, [args.ckpt])
+    models["abslab"] = models.pop(args.ckpt)
     results = {name: bounds_and_errors(model, x) for name, model in models.items()}
     terms = {name: objective_terms(model, x, y) for name, model in models.items()}
     labels = y.numpy()
