@@ -52,7 +52,8 @@ def test_the_sweep_is_four_jobs_of_the_abs_recipe_each_in_a_fixed_dir(tmp_path):
         "beta0.5_warm0_light": (0.5, 0, "light"),
         "beta0.5_warm0_augmentor": (0.5, 0, "augmentor"),
     }
-    # a job is experiment=abs's recipe with its keys, resuming and the diagnostics on
+    # a job is experiment=abs's recipe with its keys, resuming and the diagnostics on, at the
+    # grid's 30 epochs (the recipe's 100 cost 3x the time per job)
     recipe = _flat(OmegaConf.to_container(compose_config("train", ["experiment=abs"], tmp_path)))
     assert recipe["model.augmentation"] == "light" and recipe["model.kl_warmup_epochs"] == 0
     job = compose_config("train", ["experiment=abs_sweep", *jobs[3]], tmp_path)
@@ -64,7 +65,9 @@ def test_the_sweep_is_four_jobs_of_the_abs_recipe_each_in_a_fixed_dir(tmp_path):
         "resume_run_dir",
         "abs_diagnostics",
         "logger.group",
+        "trainer.max_epochs",
     }
+    assert recipe["trainer.max_epochs"] == 100 and job.trainer.max_epochs == 30
     assert job.resume_run_dir and job.abs_diagnostics > 0 and job.fit_binary_scalars
 
 
