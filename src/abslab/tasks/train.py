@@ -80,13 +80,8 @@ def resume_checkpoint(cfg: DictConfig) -> str | None:
                 "resume."
             )
         return str(cfg.ckpt_path)
-    last = last_checkpoint(cfg)
+    last = Path(cfg.output_dir) / "checkpoints" / "last.ckpt"
     return str(last) if cfg.resume_run_dir and last.is_file() else None
-
-
-def last_checkpoint(cfg: DictConfig) -> Path:
-    """Where conf/callbacks/default.yaml's last_checkpoint writes after every epoch."""
-    return Path(cfg.output_dir) / "checkpoints" / "last.ckpt"
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -120,8 +115,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             checkpointer = trainer.checkpoint_callback
             best = (checkpointer.best_model_path or None) if checkpointer else None
             summary["best_checkpoint"] = best
-            last = last_checkpoint(cfg)
-            summary["last_checkpoint"] = str(last) if last.is_file() else None
+            summary["last_checkpoint"] = (
+                (checkpointer.last_model_path or None) if checkpointer else None
+            )
             summary["epochs"] = trainer.current_epoch
             summary["steps"] = trainer.global_step
             if model.best_val_acc > float("-inf"):
