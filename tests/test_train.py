@@ -30,6 +30,17 @@ def test_checkpoints_are_written(tmp_path):
     assert checkpoint["global_step"] == 3 and checkpoint["hyper_parameters"]["name"] == "cnn"
 
 
+def test_last_ckpt_follows_every_epoch_when_the_best_does_not_move(tmp_path):
+    """Monitoring `epoch` in min mode keeps epoch 0 the best for good; last.ckpt must still be
+    the final epoch's (Lightning's own save_last would leave it at epoch 0)."""
+    best_stays = ["callbacks.model_checkpoint.monitor=epoch", "callbacks.model_checkpoint.mode=min"]
+    summary = run_train(tiny_overrides(*SHORT, "trainer.max_epochs=2", *best_stays), tmp_path)
+    assert summary["best_checkpoint"].endswith("epoch_000.ckpt") and summary["steps"] == 6
+    assert summary["last_checkpoint"] == str(tmp_path / "checkpoints" / "last.ckpt")
+    last = torch.load(summary["last_checkpoint"], map_location="cpu", weights_only=True)
+    assert last["global_step"] == 6
+
+
 def _val_accuracies(run_dir):
     """Every val/acc the CSV logger recorded in run_dir, over all its versions."""
     values = []

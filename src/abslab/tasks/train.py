@@ -80,8 +80,14 @@ def resume_checkpoint(cfg: DictConfig) -> str | None:
                 "resume."
             )
         return str(cfg.ckpt_path)
-    last = Path(cfg.output_dir) / "checkpoints" / "last.ckpt"
+    last = last_checkpoint(cfg)
     return str(last) if cfg.resume_run_dir and last.is_file() else None
+
+
+def last_checkpoint(cfg: DictConfig) -> Path:
+    """Where conf/callbacks/default.yaml's last_checkpoint writes after every epoch, and run()
+    at the end of the fit (also a run that saved none: fast_dev_run, max_steps mid-epoch)."""
+    return Path(cfg.output_dir) / "checkpoints" / "last.ckpt"
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -115,9 +121,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             checkpointer = trainer.checkpoint_callback
             best = (checkpointer.best_model_path or None) if checkpointer else None
             summary["best_checkpoint"] = best
-            summary["last_checkpoint"] = (
-                (checkpointer.last_model_path or None) if checkpointer else None
-            )
+            last = last_checkpoint(cfg)
+            trainer.save_checkpoint(last)  # on every rank: Lightning writes it from rank zero
+            summary["last_checkpoint"] = str(last)
             summary["epochs"] = trainer.current_epoch
             summary["steps"] = trainer.global_step
             if model.best_val_acc > float("-inf"):
