@@ -31,14 +31,25 @@ def test_checkpoints_are_written(tmp_path):
 
 
 def test_last_ckpt_follows_every_epoch_when_the_best_does_not_move(tmp_path):
-    """Monitoring `epoch` in min mode keeps epoch 0 the best for good; last.ckpt must still be
-    the final epoch's (Lightning's own save_last would leave it at epoch 0)."""
+    """Monitoring `epoch` in min mode keeps epoch 0 the best for good. A crash in epoch 2 must
+    still find last.ckpt at the end of epoch 1 (Lightning's own save_last left it at epoch 0)."""
     best_stays = ["callbacks.model_checkpoint.monitor=epoch", "callbacks.model_checkpoint.mode=min"]
-    summary = run_train(tiny_overrides(*SHORT, "trainer.max_epochs=2", *best_stays), tmp_path)
-    assert summary["best_checkpoint"].endswith("epoch_000.ckpt") and summary["steps"] == 6
+    crash = ["+callbacks.crash._target_=conftest.CrashAtStep", "+callbacks.crash.step=7"]
+    overrides = tiny_overrides(*SHORT, "trainer.max_epochs=3", *best_stays, *crash)
+    with pytest.raises(RuntimeError, match="simulated crash at step 7"):
+        run_train(overrides, tmp_path)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").glob("epoch_*")) == ["epoch_000.ckpt"]
+    last = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert last["global_step"] == 6
+
+
+def test_a_run_without_checkpoints_of_its_own_still_ends_with_last_ckpt(tmp_path):
+    """fast_dev_run saves no checkpoint; train.py writes last.ckpt at the end of the fit."""
+    summary = run_train(tiny_overrides("debug=fast", "test_after_fit=false"), tmp_path)
+    assert summary["best_checkpoint"] is None
     assert summary["last_checkpoint"] == str(tmp_path / "checkpoints" / "last.ckpt")
     last = torch.load(summary["last_checkpoint"], map_location="cpu", weights_only=True)
-    assert last["global_step"] == 6
+    assert last["global_step"] == 1
 
 
 def _val_accuracies(run_dir):
