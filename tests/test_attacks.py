@@ -81,7 +81,7 @@ SKIPPED_ON_CNN = {
 def attack_config(name: str, settings: dict | None = None) -> DictConfig:
     """conf/attack/<name>.yaml as evaluate.py composes it (the published transfer substitute),
     with `settings` (dotted keys) set."""
-    overrides = [f"attack={name}", f"published_root={REFERENCE_MODELS}"]
+    overrides = [f"attack={name}", "weights=published", f"published_root={REFERENCE_MODELS}"]
     spec = compose_config("evaluate", overrides, Path("unused")).attack[name]
     with open_dict(spec):
         for key, value in (settings or {}).items():

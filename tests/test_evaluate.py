@@ -74,12 +74,21 @@ def test_evaluate_a_trained_checkpoint_and_reject_a_mismatched_one(tmp_path):
 
 def test_evaluate_needs_weights_and_says_how(tmp_path):
     with pytest.raises(WeightsError, match=r"ckpt=PATH.*model.pretrained=PATH"):
-        run_evaluate(tiny_overrides("model=cnn"), tmp_path)
+        run_evaluate(tiny_overrides("model=cnn", "weights=null"), tmp_path)
     with pytest.raises(WeightsError, match="does not exist"):
         run_evaluate(tiny_overrides("model=cnn", f"ckpt={tmp_path / 'x.ckpt'}"), tmp_path)
     (tmp_path / "garbage.ckpt").write_bytes(b"not a checkpoint")
     with pytest.raises(WeightsError, match="not a loadable checkpoint"):
         run_evaluate(tiny_overrides("model=cnn", f"ckpt={tmp_path / 'garbage.ckpt'}"), tmp_path)
+
+
+def test_evaluate_defaults_to_the_committed_own_weights(tmp_path):
+    """`python evaluate.py model=cnn` with nothing trained here loads checkpoints/cnn.ckpt."""
+    summary = run_evaluate(
+        tiny_overrides("model=cnn", f"registry={tmp_path / 'empty'}", "data.test_samples=20"),
+        tmp_path / "run",
+    )
+    assert summary["ckpt"] == "checkpoints/cnn.ckpt" and summary["clean_accuracy"] >= 0.9
 
 
 def test_nearest_neighbor_needs_no_weights(tmp_path):
