@@ -44,6 +44,7 @@ class Variant:
     tf32: bool = False
     cudnn_benchmark: bool = False
     threads: int | None = None  # CPU threads; None: torch's default
+    warmup_sizes: tuple[int, ...] = (1,)  # untimed calls first: caches, compiled graphs
 
 
 @dataclass
@@ -77,7 +78,8 @@ def peak_memory(device: torch.device) -> int:
 
 
 def measure(variant: Variant, x: torch.Tensor, repeats: int, warmup: bool) -> Measurement:
-    """`repeats` timed calls on x; `warmup`: one untimed call on one image first (caches)."""
+    """`repeats` timed calls on x; `warmup`: untimed calls on the variant's warm-up sizes first
+    (caches; a compiled variant's graphs for chunks of 1, 16 and any other size)."""
     torch.set_flush_denormal(variant.flush_denormals)
     torch.set_num_threads(variant.threads or DEFAULT_THREADS)
     torch.backends.cuda.matmul.allow_tf32 = variant.tf32
@@ -86,7 +88,8 @@ def measure(variant: Variant, x: torch.Tensor, repeats: int, warmup: bool) -> Me
     sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
     with torch.no_grad():
         if warmup:
-            variant.classify(x[:1])
+            for size in variant.warmup_sizes:
+                variant.classify(x[:size])
         in_use = reset_peak_memory(x.device)
         seconds = []
         for _ in range(repeats):
@@ -126,11 +129,14 @@ def variants(args: argparse.Namespace, device: torch.device) -> list[Variant]:
     else:
         print(f"Skipping the authors' code: {reason}.", flush=True)
     if device.type == "cpu":
+        compiled = ABSDefense(pretrained=args.weights, clip_mode="authors", compile_inference=True)
+        compiled.eval()._inference_parts()
         return [
             *theirs,
             Variant(REFERENCE, reference, True),
             Variant("abslab", ours, True),
             Variant("abslab, 1 thread", ours, True, threads=1),
+            Variant("abslab, compiled", compiled, True, warmup_sizes=(1, 16, 5)),
         ]
     graphed = ABSDefense(pretrained=args.weights, clip_mode="authors", cuda_graphs=True)
     graphed = graphed.to(device).eval()

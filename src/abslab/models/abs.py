@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from abslab.data.augment import PIPELINES
+from abslab.models.abs_compiled import CompiledOptimiser
 from abslab.models.abs_inference import (
     FoldedDecoder,
     GraphedOptimiser,
@@ -86,6 +87,7 @@ class ABSDefense(Defense):
         val_n_iter: int = 0,
         inference_chunk: int | None = None,
         cuda_graphs: bool = False,
+        compile_inference: bool = False,
         augment: float = 0.1,
         augmentation: str = "light",
         lr: float = 3e-3,
@@ -127,6 +129,7 @@ class ABSDefense(Defense):
         self.augmentation = PIPELINES[augmentation]
         self.inference_chunk = inference_chunk
         self.cuda_graphs = cuda_graphs
+        self.compile_inference = compile_inference
         self.vaes = TenVAEs()
         bank = self._bank(latent_samples, bank_size, fraction_to_dismiss, bank_seed)
         self.register_buffer("bank_latents", bank, persistent=False)
@@ -134,7 +137,7 @@ class ABSDefense(Defense):
             load_checked(self.vaes, load_reference_abs(pretrained), pretrained)
             self.pretrained = str(pretrained)
         self._cache: tuple[tuple, FoldedDecoder, LatentBank] | None = None
-        self._graphs: dict[InferenceSettings, GraphedOptimiser] = {}
+        self._optimisers: dict[InferenceSettings, GraphedOptimiser | CompiledOptimiser] = {}
 
     @staticmethod
     def _bank(path: str | None, bank_size: int, fraction: float, seed: int) -> torch.Tensor:
@@ -163,18 +166,27 @@ class ABSDefense(Defense):
             with torch.no_grad():
                 decoder = FoldedDecoder(self.vaes.decoder)
                 self._cache = (key, decoder, LatentBank(self.bank_latents, decoder))
-                self._graphs = {}  # captured with the old tensors
+                self._optimisers = {}  # captured or compiled with the old tensors
         return self._cache[1], self._cache[2]
 
     def _optimiser(
         self, decoder: FoldedDecoder, bank: LatentBank, settings: InferenceSettings
     ) -> Callable[[torch.Tensor], torch.Tensor]:
-        """x (B, 1, 28, 28) -> z* (B, 10, 8): plain, or replayed CUDA graphs (`cuda_graphs`)."""
-        if not (self.cuda_graphs and self.device.type == "cuda"):
+        """x (B, 1, 28, 28) -> z* (B, 10, 8): plain, replayed CUDA graphs (`cuda_graphs`), or
+        compiled for the CPU (`compile_inference`)."""
+        cuda = self.device.type == "cuda"
+        if self.compile_inference and cuda:
+            raise ValueError(
+                "model.compile_inference=true compiles for the CPU; on CUDA set "
+                "model.compile_inference=false (model.cuda_graphs=true is the CUDA path)."
+            )
+        compiled = self.compile_inference and settings.adam_steps > 0
+        if not (compiled or (self.cuda_graphs and cuda)):
             return partial(optimise_latents, decoder, bank, settings=settings)
-        if settings not in self._graphs:
-            self._graphs[settings] = GraphedOptimiser(decoder, bank, settings)
-        return self._graphs[settings]
+        if settings not in self._optimisers:
+            kind = CompiledOptimiser if compiled else GraphedOptimiser
+            self._optimisers[settings] = kind(decoder, bank, settings)
+        return self._optimisers[settings]
 
     def default_chunk(self) -> int:
         """Images per inference chunk when `inference_chunk` is null: on CPU, chunks of 16 keep

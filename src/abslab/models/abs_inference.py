@@ -14,6 +14,7 @@ from typing import Literal
 
 import numpy as np
 import torch
+from torch import nn
 from torch.nn import functional as F
 
 from abslab.models.vae import IMAGE_PIXELS, LATENT_DIM, N_CLASSES, GroupedStack
@@ -92,15 +93,21 @@ def transposed_conv(
     return out.add_(bias.view(1, -1, 1, 1))
 
 
-class FoldedDecoder:
+class FoldedDecoder(nn.Module):
     """The ten decoders in eval mode with BatchNorm folded into the transposed convolutions.
 
     `forward` keeps the activations that `latent_gradient` needs; together they give the
-    gradient of any loss on the reconstructions with respect to the latents only.
+    gradient of any loss on the reconstructions with respect to the latents only. The folded
+    tensors are buffers, so that torch.compile's freezing can treat them as constants.
+
+    The first layer maps each class's latent (1x1) to 32 channels of 4x4: all ten are one
+    matrix product with a block-diagonal (80, 10*512) matrix, far cheaper than a grouped
+    transposed convolution of a 1x1 input, and a layout that compiles to vectorised code.
     """
 
     def __init__(self, decoder: GroupedStack) -> None:
-        self.layers: list[tuple[torch.Tensor, torch.Tensor, int]] = []
+        super().__init__()
+        folded = []
         with torch.no_grad():
             for i, conv in enumerate(decoder.convs):
                 weight, bias = conv.weight.clone(), conv.bias.clone()
@@ -111,24 +118,37 @@ class FoldedDecoder:
                     grouped = weight.view(N_CLASSES, -1, *weight.shape[1:])
                     weight = (grouped * scale.view(N_CLASSES, 1, -1, 1, 1)).view_as(weight)
                     bias = (bias - norm.running_mean) * scale + norm.bias
-                self.layers.append((weight, bias, conv.stride[0]))
+                folded.append((weight, bias, conv.stride[0]))
+            first_weight, first_bias, _ = folded[0]
+            side = first_weight.shape[-1]
+            self.first_side = side
+            self.register_buffer(
+                "first_matrix", torch.block_diag(*first_weight.view(N_CLASSES, LATENT_DIM, -1))
+            )
+            self.register_buffer("first_bias", first_bias.repeat_interleave(side * side))
+            for i, (weight, bias, _) in enumerate(folded[1:], start=1):
+                self.register_buffer(f"weight{i}", weight)
+                self.register_buffer(f"bias{i}", bias)
+        self.strides = tuple(stride for *_, stride in folded[1:])
+
+    @property
+    def convs(self) -> list[tuple[torch.Tensor, torch.Tensor, int]]:
+        """(weight, bias, stride) of the transposed convolutions after the first layer."""
+        return [
+            (getattr(self, f"weight{i}"), getattr(self, f"bias{i}"), stride)
+            for i, stride in enumerate(self.strides, start=1)
+        ]
 
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """z (B, 10, 8) -> reconstructions (B, 10, 28, 28) and the hidden ELU outputs.
-
-        The first layer maps 1x1 to 4x4: a per-class matrix product (B, 8) @ (8, 32*4*4),
-        far cheaper than a grouped transposed convolution of a 1x1 input at small batches.
-        """
-        first_weight, first_bias, _ = self.layers[0]
-        per_class = first_weight.view(N_CLASSES, LATENT_DIM, -1)  # (10, 8, 512)
-        bias = first_bias.view(N_CLASSES, 1, -1, 1).expand(-1, -1, -1, 16).reshape(N_CLASSES, 1, -1)
-        h = torch.baddbmm(bias, z.transpose(0, 1), per_class).transpose(0, 1)
-        h = F.elu(h.reshape(len(z), -1, 4, 4))
+        """z (B, 10, 8) -> reconstructions (B, 10, 28, 28) and the hidden ELU outputs."""
+        h = torch.addmm(self.first_bias, z.reshape(len(z), -1), self.first_matrix)
+        h = F.elu(h.view(len(z), -1, self.first_side, self.first_side))
         hidden = [h]
-        for weight, bias, stride in self.layers[1:-1]:
+        *inner, last = self.convs
+        for weight, bias, stride in inner:
             h = F.elu(transposed_conv(h, weight, bias, stride))
             hidden.append(h)
-        weight, bias, stride = self.layers[-1]
+        weight, bias, stride = last
         return torch.sigmoid(transposed_conv(h, weight, bias, stride)), hidden
 
     def latent_gradient(
@@ -140,13 +160,11 @@ class FoldedDecoder:
         weight; ELU's derivative is 1 above zero and ELU(a) + 1 below.
         """
         grad = grad_rec * rec * (1 - rec)
-        for i in range(len(self.layers) - 1, 0, -1):
-            weight, _, stride = self.layers[i]
+        for (weight, _, stride), h in zip(self.convs[::-1], hidden[::-1], strict=True):
             grad = F.conv2d(grad, weight, stride=stride, groups=N_CLASSES)
-            grad.mul_(hidden[i - 1].clamp(max=0).add_(1))  # in place: these are large
-        per_class = self.layers[0][0].view(N_CLASSES, LATENT_DIM, -1)
-        grad = grad.reshape(len(grad), N_CLASSES, -1).transpose(0, 1)  # (10, B, 512)
-        return torch.bmm(grad, per_class.transpose(1, 2)).transpose(0, 1)
+            grad.mul_(h.clamp(max=0).add_(1))  # in place: these are large
+        grad = grad.reshape(len(grad), -1) @ self.first_matrix.T
+        return grad.view(len(grad), N_CLASSES, LATENT_DIM)
 
 
 class LatentBank:
@@ -192,6 +210,16 @@ def elbo_at(x: torch.Tensor, rec: torch.Tensor, z: torch.Tensor, beta: float) ->
     return (((x[:, None] - rec) ** 2).sum(-1) + 0.5 * beta * (z * z).sum(-1)) / IMAGE_PIXELS
 
 
+def latent_loss_gradient(
+    decoder: FoldedDecoder, z: torch.Tensor, target: torch.Tensor, beta: float
+) -> torch.Tensor:
+    """The gradient of the bound (||x - G_c(z_c)||^2 + beta/2 ||z_c||^2) / 784 with respect to
+    the latents z (B, 10, 8), for the images target (B, 1, 28, 28)."""
+    rec, hidden = decoder.forward(z)
+    grad_rec = (rec - target) * (2 / IMAGE_PIXELS)
+    return decoder.latent_gradient(rec, hidden, grad_rec) + z * (beta / IMAGE_PIXELS)
+
+
 def optimise_latents(
     decoder: FoldedDecoder, bank: LatentBank, x: torch.Tensor, settings: InferenceSettings
 ) -> torch.Tensor:
@@ -206,9 +234,7 @@ def optimise_latents(
     first, second = torch.zeros_like(z), torch.zeros_like(z)
     beta1, beta2 = ADAM_BETAS
     for step in range(1, settings.adam_steps + 1):
-        rec, hidden = decoder.forward(z)
-        grad_rec = (rec - target) * (2 / IMAGE_PIXELS)
-        grad = decoder.latent_gradient(rec, hidden, grad_rec) + z * (settings.beta / IMAGE_PIXELS)
+        grad = latent_loss_gradient(decoder, z, target, settings.beta)
         # torch.optim.Adam's arithmetic, step for step
         first.mul_(beta1).add_(grad, alpha=1 - beta1)
         second.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)

@@ -37,6 +37,7 @@ RESULT_KEYS = ("model", "attack", "norm", "seed", "flush_denormals", "data.eval_
 NOT_RESULT_KEYS = (
     "model.card",  # how reports show the model
     "model.pretrained",  # a path: the weights hash compares what it loaded
+    "model.compile_inference",  # the same function compiled: float order only
     "norm.title",  # presentation
     "norm.column",
     "norm.unit",
