@@ -33,8 +33,6 @@ from abslab.utils.run_io import command_line, git_commit, hardware
 from bench.abs_reference import ReferenceABS, load_reference_vaes
 from bench.authors_code import authors_modules, missing_reason, revision
 
-DEFAULT_THREADS = torch.get_num_threads()
-
 
 @dataclass
 class Variant:
@@ -43,7 +41,6 @@ class Variant:
     flush_denormals: bool
     tf32: bool = False
     cudnn_benchmark: bool = False
-    threads: int | None = None  # CPU threads; None: torch's default
     warmup_sizes: tuple[int, ...] = (1,)  # untimed calls first: caches, compiled graphs
 
 
@@ -81,7 +78,6 @@ def measure(variant: Variant, x: torch.Tensor, repeats: int, warmup: bool) -> Me
     """`repeats` timed calls on x; `warmup`: untimed calls on the variant's warm-up sizes first
     (caches; a compiled variant's graphs for chunks of 1, 16 and any other size)."""
     torch.set_flush_denormal(variant.flush_denormals)
-    torch.set_num_threads(variant.threads or DEFAULT_THREADS)
     torch.backends.cuda.matmul.allow_tf32 = variant.tf32
     torch.backends.cudnn.allow_tf32 = variant.tf32
     torch.backends.cudnn.benchmark = variant.cudnn_benchmark
@@ -135,7 +131,6 @@ def variants(args: argparse.Namespace, device: torch.device) -> list[Variant]:
             *theirs,
             Variant(REFERENCE, reference, True),
             Variant("abslab", ours, True),
-            Variant("abslab, 1 thread", ours, True, threads=1),
             Variant("abslab, compiled", compiled, True, warmup_sizes=(1, 16, 5)),
         ]
     graphed = ABSDefense(pretrained=args.weights, clip_mode="authors", cuda_graphs=True)
@@ -246,7 +241,6 @@ def main() -> None:
                 f"batch {batch:5d}  {variant.name:50s} {batch / min(first.seconds):9.2f} img/s",
                 flush=True,
             )
-    torch.set_num_threads(DEFAULT_THREADS)  # the hardware line reports the default
     text = markdown(args, results, device)
     write_section(Path(args.out), device.type, text)
     print(text)
