@@ -6,7 +6,8 @@ python -m bench.abs_inference --authors-code DIR --device cuda --batch-sizes 1 1
 DIR is a clone of bethgelab/AnalysisBySynthesis (bench/authors_code.py loads it; without it the
 authors' rows are skipped, and said so). Every variant classifies the same first test images
 with the published weights and bank: the authors' `get_VAE()` as they publish it, the reference
-(bench/abs_reference.py, their structure re-typed) and abslab's inference with their clip.
+(bench/abs_reference.py, their structure re-typed) and abslab's inference with their clip, plain
+and compiled (`compile_inference`). The repeats run round-robin over the variants.
 Reported per batch size: images/s, latency of one batch (median over repeats), peak memory
 (above what was in use before it: CPU resident set, GPU allocated memory), the speed-up against
 the authors' code (on CPU the faster of its two rows, as published and with denormals flushed,
@@ -229,18 +230,19 @@ def main() -> None:
     candidates = variants(args, device)
     results = []
     for batch in args.batch_sizes:
-        for variant in candidates:
-            x = images[:batch]
-            first = measure(variant, x, 1, warmup=True)
-            if first.seconds[0] < args.slow_seconds and args.repeats > 1:
-                rest = measure(variant, x, args.repeats - 1, warmup=False)
-                first.seconds += rest.seconds
-                first.peak_bytes = max(first.peak_bytes, rest.peak_bytes)
-            results.append(first)
-            print(
-                f"batch {batch:5d}  {variant.name:50s} {batch / min(first.seconds):9.2f} img/s",
-                flush=True,
-            )
+        x = images[:batch]
+        # round-robin: every variant's first timed run, then a second round, ...: on a shared
+        # machine a slow minute then slows one repeat of each variant, not all of one
+        runs = [measure(variant, x, 1, warmup=True) for variant in candidates]
+        for _ in range(args.repeats - 1):
+            for variant, run in zip(candidates, runs, strict=True):
+                if run.seconds[0] < args.slow_seconds:
+                    again = measure(variant, x, 1, warmup=False)
+                    run.seconds += again.seconds
+                    run.peak_bytes = max(run.peak_bytes, again.peak_bytes)
+        for variant, run in zip(candidates, runs, strict=True):
+            print(f"batch {batch:5d}  {variant.name:50s} {batch / min(run.seconds):9.2f} img/s")
+        results += runs
     text = markdown(args, results, device)
     write_section(Path(args.out), device.type, text)
     print(text)
