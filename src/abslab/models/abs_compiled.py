@@ -19,10 +19,10 @@ from abslab.models.abs_inference import (
     FoldedDecoder,
     InferenceSettings,
     LatentBank,
+    adam_start,
     clip_to_ball,
     latent_loss_gradient,
 )
-from abslab.models.vae import IMAGE_PIXELS
 
 MAX_STEPS_PER_CALL = 7  # 49 = 7 x 7; more steps per graph compile longer and gain nothing
 
@@ -88,10 +88,7 @@ class CompiledOptimiser:
         ]
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        flat = x.reshape(len(x), IMAGE_PIXELS)
-        z, _ = self.bank.search(flat, self.settings.beta)
-        target = flat.view(len(x), 1, 28, 28)
-        first, second = torch.zeros_like(z), torch.zeros_like(z)
+        z, target, first, second = adam_start(self.bank, x, self.settings.beta)
         # freezing is read where the graph compiles, the first call; torch.compile's options=
         # does not reach it (measured: no gain with options={"freezing": True})
         with torch._inductor.config.patch(freezing=True):

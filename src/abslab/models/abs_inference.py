@@ -220,6 +220,16 @@ def latent_loss_gradient(
     return decoder.latent_gradient(rec, hidden, grad_rec) + z * (beta / IMAGE_PIXELS)
 
 
+def adam_start(
+    bank: LatentBank, x: torch.Tensor, beta: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Where the latent optimisation of x (B, 1, 28, 28) starts: the best bank latents z
+    (B, 10, 8), x as the target (B, 1, 28, 28), and Adam's two moments at zero (B, 10, 8)."""
+    flat = x.reshape(len(x), IMAGE_PIXELS)
+    z, _ = bank.search(flat, beta)
+    return z, flat.view(len(x), 1, 28, 28), torch.zeros_like(z), torch.zeros_like(z)
+
+
 def optimise_latents(
     decoder: FoldedDecoder, bank: LatentBank, x: torch.Tensor, settings: InferenceSettings
 ) -> torch.Tensor:
@@ -228,10 +238,7 @@ def optimise_latents(
     Bank search, then `settings.adam_steps` Adam steps on every class's latent at once, each
     followed by the clip. Adam is elementwise, so images and classes never interact.
     """
-    flat = x.reshape(len(x), IMAGE_PIXELS)
-    z, _ = bank.search(flat, settings.beta)
-    target = flat.view(len(x), 1, 28, 28)
-    first, second = torch.zeros_like(z), torch.zeros_like(z)
+    z, target, first, second = adam_start(bank, x, settings.beta)
     beta1, beta2 = ADAM_BETAS
     for step in range(1, settings.adam_steps + 1):
         grad = latent_loss_gradient(decoder, z, target, settings.beta)
