@@ -10,7 +10,7 @@ stops at its first adversarial (the search only asks whether eps suffices).
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 from torch.nn import functional as F
@@ -130,6 +130,7 @@ def apgd(
     return torch.where(found.reshape(-1, 1, 1, 1), x_adv, x_best), found
 
 
+@dataclass(eq=False)
 class APGDAttack(EpsilonSearchAttack):
     """APGD with `restarts` random starts of `steps` steps (restarts only for samples not yet
     adversarial) on the `loss` (ce or dlr), as the fixed-eps candidate of the shared epsilon
@@ -138,22 +139,16 @@ class APGDAttack(EpsilonSearchAttack):
     norms = ("l2", "linf")
     needs_gradient = True
 
-    def __init__(
-        self,
-        name: str,
-        norm: str,
-        eps_start: float,
-        steps: int = 20,
-        restarts: int = 1,
-        loss: str = "dlr",
-        **search: Any,
-    ) -> None:
-        if loss not in LOSSES:
-            raise ValueError(f"attack.{name}.loss={loss!r}: choose one of {', '.join(LOSSES)}.")
-        super().__init__(name, norm, eps_start, **search)
-        self.steps = steps
-        self.restarts = restarts
-        self.loss = loss
+    steps: int = 20
+    restarts: int = 1
+    loss: str = "dlr"
+
+    def __post_init__(self) -> None:
+        if self.loss not in LOSSES:
+            raise ValueError(
+                f"attack.{self.name}.loss={self.loss!r}: choose one of {', '.join(LOSSES)}."
+            )
+        super().__post_init__()
 
     def make_candidate(self, model: QueryModel, x: torch.Tensor, y: torch.Tensor) -> Candidate:
         def candidate(rows: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from dataclasses import KW_ONLY, dataclass, field
+from typing import Any, ClassVar
 
 import torch
 
@@ -26,6 +27,7 @@ def along(x: torch.Tensor, direction: torch.Tensor) -> Candidate:
     return candidate
 
 
+@dataclass(eq=False)
 class Attack:
     """One attack: `run(model, x, y)` returns candidate adversarials of x's shape.
 
@@ -52,29 +54,30 @@ class Attack:
     a sample that has one without the defense, and it runs batched.
     """
 
-    norms: tuple[str, ...] = NORMS
-    needs_gradient: bool = False
-    source: str = "abslab"
-    max_queries: int | None = None  # per sample; set from the attack's config by the suite
+    name: str
+    norm: str
+    max_queries: int | None = field(default=None, init=False)  # per sample; set by the suite
     # Set from the config's `estimator` keys (the _ge attacks): gradients come from scores.
-    estimator: GradientEstimator | None = None
+    estimator: GradientEstimator | None = field(default=None, init=False)
     # A _ge attack skips models whose autograd gradient is exact (CNN, Madry), as the paper's
     # "w/ GE" rows do: there the estimate only costs queries. Config key of the same name.
-    skip_exact_gradients: bool = True
-    paper: bool = False  # one of the paper's Table 1 attacks (config key `paper`)
-    start: str = "own"  # own | best (config key `start`)
-    accepts_start: bool = False  # `run` can start from given adversarials (`start: best`)
-    batched: bool = True  # False: the harness runs it one sample at a time (see above)
-    settles: bool = False  # True: a sample's first adversarial ends its queries (see above)
+    skip_exact_gradients: bool = field(default=True, init=False)
+    paper: bool = field(default=False, init=False)  # one of the paper's Table 1 attacks
+    start: str = field(default="own", init=False)  # own | best (config key `start`)
 
-    def __init__(self, name: str, norm: str) -> None:
-        if norm not in self.norms:
+    norms: ClassVar[tuple[str, ...]] = NORMS
+    needs_gradient: ClassVar[bool] = False
+    source: ClassVar[str] = "abslab"
+    accepts_start: ClassVar[bool] = False  # `run` can start from given adversarials
+    batched: ClassVar[bool] = True  # False: the harness runs it one sample at a time (see above)
+    settles: ClassVar[bool] = False  # True: a sample's first adversarial ends its queries
+
+    def __post_init__(self) -> None:
+        if self.norm not in self.norms:
             raise ValueError(
-                f"attack {name} ({type(self).__name__}) does not minimise norm={norm}: it "
-                f"serves {', '.join(self.norms)}."
+                f"attack {self.name} ({type(self).__name__}) does not minimise norm={self.norm}: "
+                f"it serves {', '.join(self.norms)}."
             )
-        self.name = name
-        self.norm = norm
 
     def run(
         self, model: QueryModel, x: torch.Tensor, y: torch.Tensor, start: torch.Tensor | None = None
@@ -110,6 +113,10 @@ class Attack:
         }
 
 
+SEARCH_DEFAULTS = {"growth": 1.5, "bracket_steps": 20, "bisect_steps": 20}
+
+
+@dataclass(eq=False)
 class SearchAttack(Attack):
     """The bracket-then-bisect search over a per-sample scale eps that fixed-epsilon attacks
     and the transfer share (foolbox 1.3's semantics, which foolbox 3 dropped: its fixed-epsilon
@@ -121,20 +128,16 @@ class SearchAttack(Attack):
     the smallest adversarial met. Valid values: abslab.attacks.ranges, checked by the suite.
     """
 
-    def __init__(
-        self,
-        name: str,
-        norm: str,
-        growth: float = 1.5,
-        bracket_steps: int = 20,
-        bisect_steps: int = 20,
-        eps_max: float | None = None,
-    ) -> None:
-        super().__init__(name, norm)
-        self.growth = growth
-        self.bracket_steps = bracket_steps
-        self.bisect_steps = bisect_steps
-        self.eps_max = eps_max if eps_max is not None else {"linf": 1.0, "l2": 28.0}[norm]
+    _: KW_ONLY  # the search's keys are keywords: eps_start comes third in subclasses
+    growth: float = SEARCH_DEFAULTS["growth"]
+    bracket_steps: int = SEARCH_DEFAULTS["bracket_steps"]
+    bisect_steps: int = SEARCH_DEFAULTS["bisect_steps"]
+    eps_max: float | None = None  # None: 1 in L-inf, 28 (the image diagonal) in L2
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.eps_max is None:
+            self.eps_max = {"linf": 1.0, "l2": 28.0}[self.norm]
 
     def epsilon_search(
         self, model: QueryModel, candidate: Candidate, y: torch.Tensor, start: torch.Tensor
@@ -174,13 +177,12 @@ class SearchAttack(Attack):
         low[rows[~success]] = torch.maximum(low[rows[~success]], eps[~success])
 
 
+@dataclass(eq=False)
 class EpsilonSearchAttack(SearchAttack):
     """A fixed-epsilon attack made into a smallest-adversarial one: the search starts at
     `eps_start` for every sample. Subclasses give `make_candidate(model, x, y) -> Candidate`."""
 
-    def __init__(self, name: str, norm: str, eps_start: float, **search: Any) -> None:
-        super().__init__(name, norm, **search)
-        self.eps_start = eps_start
+    eps_start: float
 
     def make_candidate(self, model: QueryModel, x: torch.Tensor, y: torch.Tensor) -> Candidate:
         """The images at eps of each sample of x (B, 1, 28, 28), labels y (B,)."""

@@ -8,13 +8,18 @@ abslab.models.projected_gradient's: Madry et al.'s adversarial training calls it
 
 from __future__ import annotations
 
+from dataclasses import KW_ONLY, dataclass
+
 import torch
 
-from abslab.attacks.base import Candidate, EpsilonSearchAttack, along
+from abslab.attacks.base import SEARCH_DEFAULTS, Candidate, EpsilonSearchAttack, along
 from abslab.attacks.queries import QueryModel
 from abslab.models.projected_gradient import input_gradient, iterate, unit_l2
 
+NO_SEARCH = {"bracket_steps": 1, "bisect_steps": 0}  # search: false: one probe at eps_start
 
+
+@dataclass(eq=False)
 class IterativeAttack(EpsilonSearchAttack):
     """BIM (L2 or L-inf), MIM (`momentum` 1.0) and PGD (`random_start`), with the step a fixed
     fraction `rel_stepsize` of epsilon, inside the shared epsilon search (foolbox 1.3 kept the
@@ -25,35 +30,29 @@ class IterativeAttack(EpsilonSearchAttack):
     norms = ("l2", "linf")
     needs_gradient = True
 
-    def __init__(
-        self,
-        name: str,
-        norm: str,
-        eps_start: float,
-        steps: int = 10,
-        rel_stepsize: float = 1 / 6,
-        momentum: float = 0.0,
-        random_start: bool = False,
-        search: bool = True,
-        growth: float | None = None,
-        bracket_steps: int | None = None,
-        bisect_steps: int | None = None,
-        eps_max: float | None = None,
-    ) -> None:
-        given = {"growth": growth, "bracket_steps": bracket_steps, "bisect_steps": bisect_steps}
-        given = {key: value for key, value in given.items() if value is not None}
-        if not search and given:
+    steps: int = 10
+    rel_stepsize: float = 1 / 6
+    momentum: float = 0.0
+    random_start: bool = False
+    search: bool = True
+    _: KW_ONLY
+    # None: the search's defaults; with search: false, one probe at eps_start (NO_SEARCH)
+    growth: float | None = None
+    bracket_steps: int | None = None
+    bisect_steps: int | None = None
+
+    def __post_init__(self) -> None:
+        given = [key for key in SEARCH_DEFAULTS if getattr(self, key) is not None]
+        if not self.search and given:
             raise ValueError(
-                f"attack.{name}: {', '.join(given)} apply only with search: true (search: false "
-                "runs once at eps_start): remove them, or set search: true."
+                f"attack.{self.name}: {', '.join(given)} apply only with search: true (search: "
+                "false runs once at eps_start): remove them, or set search: true."
             )
-        search_settings = given if search else {"bracket_steps": 1, "bisect_steps": 0}
-        super().__init__(name, norm, eps_start, eps_max=eps_max, **search_settings)
-        self.steps = steps
-        self.rel_stepsize = rel_stepsize
-        self.momentum = momentum
-        self.random_start = random_start
-        self.search = search
+        resolved = SEARCH_DEFAULTS if self.search else {**SEARCH_DEFAULTS, **NO_SEARCH}
+        for key in SEARCH_DEFAULTS:
+            if getattr(self, key) is None:
+                setattr(self, key, resolved[key])
+        super().__post_init__()
 
     @property
     def batched(self) -> bool:
@@ -79,6 +78,7 @@ class IterativeAttack(EpsilonSearchAttack):
         return candidate
 
 
+@dataclass(eq=False)
 class SingleStepAttack(EpsilonSearchAttack):
     """FGM (L2: along g/|g|_2) and FGSM (L-inf: along sign g): one gradient at x, then the
     shared epsilon search along that direction (foolbox 1.3 searched 1,000 linear steps)."""

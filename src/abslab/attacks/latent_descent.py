@@ -7,6 +7,8 @@ models that declare `reconstructs` (ABS).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from abslab.attacks.base import Attack
@@ -27,6 +29,7 @@ def binary_projection(reconstruction: torch.Tensor, x: torch.Tensor) -> torch.Te
     return torch.where(rec_high == x_high, x, crossing)
 
 
+@dataclass(eq=False)
 class LatentDescentAttack(Attack):
     """Latent Descent: the authors' LineSearchAttack, batched, with their indexing bug fixed.
 
@@ -63,15 +66,16 @@ class LatentDescentAttack(Attack):
     needs_gradient = False
     source = "abslab (the authors' LineSearchAttack, batched, bug fixed)"
 
-    def __init__(self, name: str, norm: str, n_coarse_steps: int = 51, n_fine_steps: int = 2):
-        super().__init__(name, norm)
-        if n_coarse_steps < 2 or n_fine_steps < 0:
+    n_coarse_steps: int = 51
+    n_fine_steps: int = 2
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.n_coarse_steps < 2 or self.n_fine_steps < 0:
             raise ValueError(
-                f"attack {name}: n_coarse_steps={n_coarse_steps} must be >= 2 (s = 0 and 1) and "
-                f"n_fine_steps={n_fine_steps} >= 0."
+                f"attack {self.name}: n_coarse_steps={self.n_coarse_steps} must be >= 2 (s = 0 "
+                f"and 1) and n_fine_steps={self.n_fine_steps} >= 0."
             )
-        self.n_coarse_steps = n_coarse_steps
-        self.n_fine_steps = n_fine_steps
 
     def unsupported(self, defense: Defense) -> str | None:
         """Latent Descent reads class reconstructions: only models that declare `reconstructs`."""

@@ -6,6 +6,7 @@ says how (docs/attacks.md §4.2, §4.3)."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import foolbox as fb
 import torch
@@ -79,6 +80,7 @@ def blended_noise_starts(
     return make_starts
 
 
+@dataclass(eq=False)
 class DeepFoolAttack(Attack):
     """foolbox's L2DeepFoolAttack / LinfDeepFoolAttack. foolbox 1.3 (the paper) used 100 steps,
     the top-10 classes, cross-entropy, and an overshoot of 1.05 per step; foolbox 3 applies
@@ -89,20 +91,10 @@ class DeepFoolAttack(Attack):
     source = SOURCE
     settles = True  # foolbox queries every sample of the batch until all are adversarial
 
-    def __init__(
-        self,
-        name: str,
-        norm: str,
-        steps: int = 100,
-        candidates: int = 10,
-        overshoot: float = 0.02,
-        loss: str = "crossentropy",
-    ) -> None:
-        super().__init__(name, norm)
-        self.steps = steps
-        self.candidates = candidates
-        self.overshoot = overshoot
-        self.loss = loss
+    steps: int = 100
+    candidates: int = 10
+    overshoot: float = 0.02
+    loss: str = "crossentropy"
 
     def run(
         self, model: QueryModel, x: torch.Tensor, y: torch.Tensor, start: torch.Tensor | None = None
@@ -114,6 +106,7 @@ class DeepFoolAttack(Attack):
         return attack.run(foolbox_model(model), x, fb.criteria.Misclassification(y))
 
 
+@dataclass(eq=False)
 class BoundaryAttack(Attack):
     """foolbox's BoundaryAttack from foolbox's blended-uniform-noise starting points, or from
     the suite's best adversarial so far (`start: best`) where a sample has one.
@@ -125,24 +118,12 @@ class BoundaryAttack(Attack):
     accepts_start = True
     batched = False  # foolbox draws its noise and directions from torch's global generator
 
-    def __init__(
-        self,
-        name: str,
-        norm: str,
-        steps: int = 5000,
-        spherical_step: float = 0.01,
-        source_step: float = 0.01,
-        step_adaptation: float = 1.5,
-        init_directions: int = 1000,
-        init_steps: int = 1000,
-    ) -> None:
-        super().__init__(name, norm)
-        self.steps = steps
-        self.spherical_step = spherical_step
-        self.source_step = source_step
-        self.step_adaptation = step_adaptation
-        self.init_directions = init_directions
-        self.init_steps = init_steps
+    steps: int = 5000
+    spherical_step: float = 0.01
+    source_step: float = 0.01
+    step_adaptation: float = 1.5
+    init_directions: int = 1000
+    init_steps: int = 1000
 
     def run(
         self,
@@ -162,6 +143,7 @@ class BoundaryAttack(Attack):
         return run_from_starts(attack, model, x, y, starts)
 
 
+@dataclass(eq=False)
 class PointwiseAttack(Attack):
     """foolbox's PointwiseAttack (the paper's; re-ported in foolbox 3.3.2) from the paper's
     salt-and-pepper starting points (`init_epsilons` x `init_repetitions`). norm l0: pixel
@@ -176,18 +158,9 @@ class PointwiseAttack(Attack):
     accepts_start = True
     batched = False  # foolbox shuffles the pixels with numpy's global generator
 
-    def __init__(
-        self,
-        name: str,
-        norm: str,
-        init_epsilons: int = 100,
-        init_repetitions: int = 10,
-        repetitions: int = 1,
-    ) -> None:
-        super().__init__(name, norm)
-        self.repetitions = repetitions
-        self.init_epsilons = init_epsilons
-        self.init_repetitions = init_repetitions
+    init_epsilons: int = 100
+    init_repetitions: int = 10
+    repetitions: int = 1
 
     def run(
         self,

@@ -13,6 +13,8 @@ on one) and recorded as a failure unless its queries met one.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import foolbox as fb
 import torch
 
@@ -34,6 +36,7 @@ BRENDEL_BETHGE = {
 }
 
 
+@dataclass(eq=False)
 class FMNAttack(Attack):
     """Fast Minimum-Norm (Pintor et al. 2021): `steps` normalised gradient steps of a
     cosine-annealed size (`max_stepsize` down to `min_stepsize`) inside an Lp ball whose radius
@@ -47,20 +50,10 @@ class FMNAttack(Attack):
     needs_gradient = True
     source = SOURCE
 
-    def __init__(
-        self,
-        name: str,
-        norm: str,
-        steps: int = 100,
-        max_stepsize: float = 1.0,
-        min_stepsize: float = 0.01,
-        gamma: float = 0.05,
-    ) -> None:
-        super().__init__(name, norm)
-        self.steps = steps
-        self.max_stepsize = max_stepsize
-        self.min_stepsize = min_stepsize
-        self.gamma = gamma
+    steps: int = 100
+    max_stepsize: float = 1.0
+    min_stepsize: float = 0.01
+    gamma: float = 0.05
 
     def run(self, model: QueryModel, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         attack = FMN[self.norm](
@@ -72,6 +65,7 @@ class FMNAttack(Attack):
         return attack.run(foolbox_model(model), x, fb.criteria.Misclassification(y))
 
 
+@dataclass(eq=False)
 class DDNAttack(Attack):
     """Decoupled Direction and Norm (Rony et al. 2019), L2: `steps` cross-entropy gradient
     steps (size cosine-annealed from 1 to 0.01), projected on a sphere whose radius starts at
@@ -81,13 +75,9 @@ class DDNAttack(Attack):
     needs_gradient = True
     source = SOURCE
 
-    def __init__(
-        self, name: str, norm: str, steps: int = 100, init_epsilon: float = 1.0, gamma: float = 0.05
-    ) -> None:
-        super().__init__(name, norm)
-        self.steps = steps
-        self.init_epsilon = init_epsilon
-        self.gamma = gamma
+    steps: int = 100
+    init_epsilon: float = 1.0
+    gamma: float = 0.05
 
     def run(self, model: QueryModel, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         attack = fb.attacks.DDNAttack(
@@ -96,6 +86,7 @@ class DDNAttack(Attack):
         return attack.run(foolbox_model(model), x, fb.criteria.Misclassification(y))
 
 
+@dataclass(eq=False)
 class BrendelBethgeAttack(Attack):
     """Brendel-Bethge (2019): from an adversarial start (binary search towards x over
     `binary_search_steps`), `steps` trust-region steps along the decision boundary, each a
@@ -108,28 +99,14 @@ class BrendelBethgeAttack(Attack):
     accepts_start = True
     source = SOURCE
 
-    def __init__(
-        self,
-        name: str,
-        norm: str,
-        steps: int = 1000,
-        lr: float = 1e-3,
-        lr_decay: float = 0.5,
-        lr_num_decay: int = 20,
-        momentum: float = 0.8,
-        overshoot_factor: float = 1.1,
-        binary_search_steps: int = 10,
-        init_steps: int = 100,
-    ) -> None:
-        super().__init__(name, norm)
-        self.steps = steps
-        self.lr = lr
-        self.lr_decay = lr_decay
-        self.lr_num_decay = lr_num_decay
-        self.momentum = momentum
-        self.overshoot_factor = overshoot_factor
-        self.binary_search_steps = binary_search_steps
-        self.init_steps = init_steps
+    steps: int = 1000
+    lr: float = 1e-3
+    lr_decay: float = 0.5
+    lr_num_decay: int = 20
+    momentum: float = 0.8
+    overshoot_factor: float = 1.1
+    binary_search_steps: int = 10
+    init_steps: int = 100
 
     def run(
         self,
@@ -155,6 +132,7 @@ class BrendelBethgeAttack(Attack):
         return run_from_starts(attack, model, x, y, with_starts(model, x, start, make_starts))
 
 
+@dataclass(eq=False)
 class HopSkipJumpAttack(Attack):
     """HopSkipJump (Chen et al. 2020), decisions only: from an adversarial start, `steps`
     rounds of a boundary search, a gradient-direction estimate from random probes
@@ -168,31 +146,21 @@ class HopSkipJumpAttack(Attack):
     batched = False  # foolbox draws its noise and probes from torch's global generator
     source = SOURCE
 
-    def __init__(
-        self,
-        name: str,
-        norm: str,
-        steps: int = 64,
-        initial_gradient_eval_steps: int = 100,
-        max_gradient_eval_steps: int = 10000,
-        stepsize_search: str = "geometric_progression",
-        search_gamma: float = 1.0,
-        init_directions: int = 1000,
-        init_steps: int = 1000,
-    ) -> None:
-        super().__init__(name, norm)
-        if stepsize_search not in ("geometric_progression", "grid_search"):
+    steps: int = 64
+    initial_gradient_eval_steps: int = 100
+    max_gradient_eval_steps: int = 10000
+    stepsize_search: str = "geometric_progression"
+    search_gamma: float = 1.0
+    init_directions: int = 1000
+    init_steps: int = 1000
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.stepsize_search not in ("geometric_progression", "grid_search"):
             raise ValueError(
-                f"attack {name}: stepsize_search={stepsize_search!r}: choose "
+                f"attack {self.name}: stepsize_search={self.stepsize_search!r}: choose "
                 "geometric_progression or grid_search."
             )
-        self.steps = steps
-        self.initial_gradient_eval_steps = initial_gradient_eval_steps
-        self.max_gradient_eval_steps = max_gradient_eval_steps
-        self.stepsize_search = stepsize_search
-        self.search_gamma = search_gamma
-        self.init_directions = init_directions
-        self.init_steps = init_steps
 
     def run(
         self,

@@ -55,6 +55,7 @@ class References:
         self.labels = labels.cpu()
 
 
+@dataclass(eq=False)
 class ReferenceSetAttack(Attack):
     """An attack that reads the reference set of a `nearest_neighbor` model (the exact L2 and
     L-inf attacks, the greedy L0 one) and queries the model only to verify its images."""
@@ -77,6 +78,7 @@ class ReferenceSetAttack(Attack):
         return found & (model.predict(adversarial, rows).cpu() == y.cpu())
 
 
+@dataclass(eq=False)
 class NearestNeighborExact(ReferenceSetAttack):
     """The smallest L2 (QP) or L-inf (LP) adversarial of a `nearest_neighbor` model, solved
     from its reference set; the model is queried once per sample, to verify the float32 image.
@@ -95,26 +97,13 @@ class NearestNeighborExact(ReferenceSetAttack):
     norms = ("l2", "linf")
     accepts_start = False
 
-    def __init__(
-        self,
-        name: str,
-        norm: str,
-        max_candidates: int = 1000,
-        initial_constraints: int = 20,
-        constraints_per_round: int = 20,
-        max_rounds: int = 50,
-        margin: float = 1e-2,
-        primal_tolerance: float = 1e-9,
-        iteration_limit: int = 10_000,
-    ) -> None:
-        super().__init__(name, norm)
-        self.max_candidates = max_candidates
-        self.initial_constraints = initial_constraints
-        self.constraints_per_round = constraints_per_round
-        self.max_rounds = max_rounds
-        self.margin = margin
-        self.primal_tolerance = primal_tolerance
-        self.iteration_limit = iteration_limit
+    max_candidates: int = 1000
+    initial_constraints: int = 20
+    constraints_per_round: int = 20
+    max_rounds: int = 50
+    margin: float = 1e-2
+    primal_tolerance: float = 1e-9
+    iteration_limit: int = 10_000
 
     def run(
         self,

@@ -21,6 +21,8 @@ is linear in the image z, so each changed pixel lowers it by a known most. Sampl
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from abslab.attacks.nearest_neighbor import EXACT, UPPER_BOUND, References, ReferenceSetAttack
@@ -55,6 +57,7 @@ class Sample:
         image[pixel] = value
 
 
+@dataclass(eq=False)
 class NearestNeighborGreedyL0(ReferenceSetAttack):
     """Greedy pixel changes against a `nearest_neighbor` model's reference set, then pruning;
     the model is queried once per sample, to verify the float32 image.
@@ -71,18 +74,9 @@ class NearestNeighborGreedyL0(ReferenceSetAttack):
     norms = ("l0",)
     accepts_start = False
 
-    def __init__(
-        self,
-        name: str,
-        norm: str,
-        steps: int = 50,
-        targets: int = 0,
-        aim_factor: float = 1.5,
-    ) -> None:
-        super().__init__(name, norm)
-        self.steps = steps
-        self.targets = targets
-        self.aim_factor = aim_factor
+    steps: int = 50
+    targets: int = 0
+    aim_factor: float = 1.5
 
     def run(
         self,

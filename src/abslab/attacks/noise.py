@@ -6,6 +6,8 @@ has no per-sample epsilon; both are a few lines of batched tensor code.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from abslab.attacks.base import Attack, Candidate, EpsilonSearchAttack, along
@@ -13,6 +15,7 @@ from abslab.attacks.distances import distance
 from abslab.attacks.queries import QueryModel
 
 
+@dataclass(eq=False)
 class GaussianNoiseAttack(EpsilonSearchAttack):
     """x + eps * n/|n|_2 with n ~ N(0, I), clipped to [0, 1], inside the shared epsilon search;
     `repetitions` independent noise directions, the smallest adversarial kept.
@@ -23,9 +26,7 @@ class GaussianNoiseAttack(EpsilonSearchAttack):
 
     norms = ("l2",)
 
-    def __init__(self, name: str, norm: str, eps_start: float, repetitions: int = 1, **search):
-        super().__init__(name, norm, eps_start, **search)
-        self.repetitions = repetitions
+    repetitions: int = 1
 
     def run(
         self, model: QueryModel, x: torch.Tensor, y: torch.Tensor, start: torch.Tensor | None = None
@@ -46,6 +47,7 @@ def salt_and_pepper(x: torch.Tensor, p: torch.Tensor, u: torch.Tensor) -> torch.
     return torch.where(u >= 1 - p / 2, torch.ones_like(x), torch.where(u < p / 2, 0.0, x))
 
 
+@dataclass(eq=False)
 class SaltAndPepperAttack(Attack):
     """The paper's salt-and-pepper noise attack (foolbox 1.3), batched, minimising L0.
 
@@ -56,12 +58,13 @@ class SaltAndPepperAttack(Attack):
 
     norms = ("l0", "l2")
 
-    def __init__(self, name: str, norm: str, epsilons: int = 100, repetitions: int = 10) -> None:
-        super().__init__(name, norm)
-        if epsilons < 1 or repetitions < 1:
-            raise ValueError(f"attack {name}: epsilons and repetitions must be >= 1.")
-        self.epsilons = epsilons
-        self.repetitions = repetitions
+    epsilons: int = 100
+    repetitions: int = 10
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.epsilons < 1 or self.repetitions < 1:
+            raise ValueError(f"attack {self.name}: epsilons and repetitions must be >= 1.")
 
     def run(
         self, model: QueryModel, x: torch.Tensor, y: torch.Tensor, start: torch.Tensor | None = None

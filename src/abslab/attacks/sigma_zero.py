@@ -11,6 +11,7 @@ it is not (denser).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
@@ -22,6 +23,7 @@ ADAM_BETAS = (0.9, 0.999)  # the authors' torch.optim.Adam defaults
 ADAM_EPS = 1e-8
 
 
+@dataclass(eq=False)
 class SigmaZeroAttack(Attack):
     """σ-zero, batched: `steps` gradient steps per sample, keeping each sample's sparsest
     adversarial (the QueryModel also keeps every one it meets).
@@ -36,22 +38,11 @@ class SigmaZeroAttack(Attack):
     norms = ("l0",)
     needs_gradient = True
 
-    def __init__(
-        self,
-        name: str,
-        norm: str,
-        steps: int = 1000,
-        lr: float = 1.0,
-        sigma: float = 1e-3,
-        threshold: float = 0.3,
-        threshold_factor: float = 0.01,
-    ) -> None:
-        super().__init__(name, norm)
-        self.steps = steps
-        self.lr = lr
-        self.sigma = sigma
-        self.threshold = threshold
-        self.threshold_factor = threshold_factor
+    steps: int = 1000
+    lr: float = 1.0
+    sigma: float = 1e-3
+    threshold: float = 0.3
+    threshold_factor: float = 0.01
 
     def step_size(self, i: int) -> float:
         """The cosine-annealed step size after step i (0-based): from lr down to lr/10."""

@@ -53,7 +53,9 @@ class TransferAttack(SearchAttack):
         bracket_steps: int = 20,
         bisect_steps: int = 20,
     ) -> None:
-        super().__init__(name, norm, growth, bracket_steps, bisect_steps)
+        super().__init__(
+            name, norm, growth=growth, bracket_steps=bracket_steps, bisect_steps=bisect_steps
+        )
         self._attacks = [
             self._substitute_attack(attack, spec)
             for attack, spec in substitute_attacks.items()
