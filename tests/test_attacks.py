@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -14,10 +15,13 @@ import pytest
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from abslab.attacks.apgd import APGDAttack
 from abslab.attacks.base import EpsilonSearchAttack
 from abslab.attacks.distances import distance
 from abslab.attacks.gradient import IterativeAttack
 from abslab.attacks.harness import Outcome, run_attack
+from abslab.attacks.minimal import FMNAttack, HopSkipJumpAttack
+from abslab.attacks.noise import SaltAndPepperAttack
 from abslab.attacks.queries import GradientUnavailable, QueryModel
 from abslab.attacks.suite import instantiate_attack
 from abslab.models.cnn import CNNDefense
@@ -447,3 +451,21 @@ def test_max_queries_stops_an_attack_and_keeps_what_it_met(cnn, test_batch):
     assert (outcome.queries <= 25).all() and outcome.error == [""] * len(x)
     assert outcome.success.sum() >= len(x) // 2  # the salt-and-pepper starts it met
     assert attack.settings()["max_queries"] == 25
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (lambda: FMNAttack("fmn", "l1"), "attack fmn (FMNAttack) does not minimise norm=l1"),
+        (lambda: APGDAttack("apgd", "linf", 0.1, loss="hinge"), "attack.apgd.loss='hinge'"),
+        (
+            lambda: HopSkipJumpAttack("hsj", "l2", stepsize_search="line"),
+            "stepsize_search='line': choose geometric_progression or grid_search",
+        ),
+        (lambda: SaltAndPepperAttack("sp", "l0", epsilons=0), "epsilons and repetitions"),
+        (lambda: IterativeAttack("pgd", "linf", 0.3, search=False, growth=2.0), "growth apply"),
+    ],
+)
+def test_bad_attack_settings_fail_when_built_and_name_the_value(build, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        build()
