@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from abslab.attacks.base import Attack, SearchAttack, along
+from abslab.attacks.base import SEARCH_DEFAULTS, Attack, SearchAttack, along
 from abslab.attacks.distances import distance
 from abslab.attacks.harness import run_attack
 from abslab.attacks.queries import QueryModel
@@ -49,9 +49,9 @@ class TransferAttack(SearchAttack):
         substitute_ckpt: str | None,
         registry: str,
         published_root: str,
-        growth: float = 1.5,
-        bracket_steps: int = 20,
-        bisect_steps: int = 20,
+        growth: float = SEARCH_DEFAULTS["growth"],
+        bracket_steps: int = SEARCH_DEFAULTS["bracket_steps"],
+        bisect_steps: int = SEARCH_DEFAULTS["bisect_steps"],
     ) -> None:
         super().__init__(
             name, norm, growth=growth, bracket_steps=bracket_steps, bisect_steps=bisect_steps
