@@ -26,9 +26,9 @@ TINY_ABS = ["++model.n_iter=2", "++model.bank_size=100"]  # ++: also in a sweep 
 # Brendel-Bethge left out of the blocks: foolbox's numba classes compile for about a minute in
 # every process (they cannot be cached); tests/test_minimal_attacks.py runs them.
 NO_BB = {
-    "table1_l2": "~attack.bb_l2",
-    "table1_linf": "~attack.bb_linf",
-    "table1_l0": "~attack.bb_l0",
+    "table1_l2": ["~attack.bb_l2"],
+    "table1_linf": ["~attack.bb_linf"],
+    "table1_l0": ["~attack.bb_l0"],
 }
 
 # The scripts by their path, run from a tmp_path: what a run writes relative to its working
@@ -67,13 +67,13 @@ def test_train_all_sweep_report(tmp_path):
     ]
     baselines = "model=cnn,binary_cnn,nearest_neighbor,madry"
     for paper in ("table1_l2", "table1_linf", "table1_l0", "figure_distal"):
-        block = [EVALUATE, "-m", f"+paper={paper}", *([NO_BB[paper]] if paper in NO_BB else [])]
+        block = [EVALUATE, "-m", f"+paper={paper}", *NO_BB.get(paper, [])]
         _run([*block, baselines, *sweep], tmp_path)
         _run([*block, "model=abs,binary_abs", *TINY_ABS, *sweep], tmp_path)
 
     linf = sweeps / "table1_linf_own_smoke"
     before = (linf / "cnn_0" / "per_sample.csv").read_text()
-    rerun = [EVALUATE, "-m", "+paper=table1_linf", NO_BB["table1_linf"], "model=cnn", *sweep]
+    rerun = [EVALUATE, "-m", "+paper=table1_linf", *NO_BB["table1_linf"], "model=cnn", *sweep]
     log = _run(rerun, tmp_path)
     assert "3 of 3 samples are finished" in log
     assert (linf / "cnn_0" / "per_sample.csv").read_text() == before
