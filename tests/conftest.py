@@ -25,6 +25,14 @@ os.environ.setdefault("WANDB_SILENT", "true")
 # instead of 65 s per norm here), same arithmetic; numba reads it when first imported, which
 # happens after this file, in the test modules.
 os.environ.setdefault("NUMBA_OPT", "0")
+# Under pytest-xdist (`-n 2`, the default in pyproject.toml) the workers share the cores: each
+# gets its share of threads, here and in the subprocesses it starts, instead of every worker's
+# torch and oneDNN spinning one thread per core of the machine.
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if WORKERS > 1:
+    THREADS = max(1, len(os.sched_getaffinity(0)) // WORKERS)
+    os.environ["OMP_NUM_THREADS"] = str(THREADS)
+    torch.set_num_threads(THREADS)
 
 # Paths a test run may leave in the checkout: the environment and Python's and tools' caches.
 RUN_CACHES = (".venv/", "__pycache__/", ".pytest_cache/", ".ruff_cache/", ".egg-info/")
