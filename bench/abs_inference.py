@@ -6,8 +6,9 @@ python -m bench.abs_inference --authors-code DIR --device cuda --batch-sizes 1 1
 DIR is a clone of bethgelab/AnalysisBySynthesis (bench/authors_code.py loads it; without it the
 authors' rows are skipped, and said so). Every variant classifies the same first test images
 with the published weights and bank: the authors' `get_VAE()` as they publish it, the reference
-(bench/abs_reference.py, their structure re-typed) and abslab's inference with their clip, plain
-and compiled (`compile_inference`). The repeats run round-robin over the variants.
+(bench/abs_reference.py, their structure re-typed) and abslab's inference with their clip: the
+default CPU kernel (`inference_kernel`), plain torch and compiled torch (`compile_inference`).
+The repeats run round-robin over the variants.
 Reported per batch size: images/s, latency of one batch (median over repeats), peak memory
 (above what was in use before it: CPU resident set, GPU allocated memory), the speed-up against
 the authors' code (on CPU the faster of its two rows, as published and with denormals flushed,
@@ -126,13 +127,16 @@ def variants(args: argparse.Namespace, device: torch.device) -> list[Variant]:
     else:
         print(f"Skipping the authors' code: {reason}.", flush=True)
     if device.type == "cpu":
+        plain = ABSDefense(pretrained=args.weights, clip_mode="authors", inference_kernel=False)
         compiled = ABSDefense(pretrained=args.weights, clip_mode="authors", compile_inference=True)
-        compiled.eval()._inference_parts()
+        for model in (plain, compiled):
+            model.eval()._inference_parts()
         return [
             *theirs,
             Variant(REFERENCE, reference, True),
-            Variant("abslab", ours, True),
-            Variant("abslab, compiled", compiled, True, warmup_sizes=(1, 16, 5)),
+            Variant("abslab (kernel)", ours, True),
+            Variant("abslab, plain torch", plain, True),
+            Variant("abslab, compiled torch", compiled, True, warmup_sizes=(1, 16, 5)),
         ]
     graphed = ABSDefense(pretrained=args.weights, clip_mode="authors", cuda_graphs=True)
     graphed = graphed.to(device).eval()

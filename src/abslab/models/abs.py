@@ -20,6 +20,7 @@ from abslab.models.abs_inference import (
     make_latent_bank,
     optimise_latents,
 )
+from abslab.models.abs_kernel import KernelOptimiser
 from abslab.models.base import Batch, Defense, Inference
 from abslab.models.checkpoints import load_checkpoint_weights
 from abslab.models.nets import binarize
@@ -88,6 +89,7 @@ class ABSDefense(Defense):
         inference_chunk: int | None = None,
         cuda_graphs: bool = False,
         compile_inference: bool = False,
+        inference_kernel: bool = True,
         augment: float = 0.1,
         augmentation: str = "light",
         lr: float = 3e-3,
@@ -130,6 +132,7 @@ class ABSDefense(Defense):
         self.inference_chunk = inference_chunk
         self.cuda_graphs = cuda_graphs
         self.compile_inference = compile_inference
+        self.inference_kernel = inference_kernel
         self.vaes = TenVAEs()
         bank = self._bank(latent_samples, bank_size, fraction_to_dismiss, bank_seed)
         self.register_buffer("bank_latents", bank, persistent=False)
@@ -137,7 +140,8 @@ class ABSDefense(Defense):
             load_checked(self.vaes, load_reference_abs(pretrained), pretrained)
             self.pretrained = str(pretrained)
         self._cache: tuple[tuple, FoldedDecoder, LatentBank] | None = None
-        self._optimisers: dict[InferenceSettings, GraphedOptimiser | CompiledOptimiser] = {}
+        Optimiser = GraphedOptimiser | CompiledOptimiser | KernelOptimiser
+        self._optimisers: dict[InferenceSettings, Optimiser] = {}
 
     @staticmethod
     def _bank(path: str | None, bank_size: int, fraction: float, seed: int) -> torch.Tensor:
@@ -172,19 +176,28 @@ class ABSDefense(Defense):
     def _optimiser(
         self, decoder: FoldedDecoder, bank: LatentBank, settings: InferenceSettings
     ) -> Callable[[torch.Tensor], torch.Tensor]:
-        """x (B, 1, 28, 28) -> z* (B, 10, 8): plain, replayed CUDA graphs (`cuda_graphs`), or
-        compiled for the CPU (`compile_inference`)."""
+        """x (B, 1, 28, 28) -> z* (B, 10, 8). On the CPU: the hand-written kernel
+        (`inference_kernel`, the default; float32 only, a float64 model runs plain torch),
+        torch.compile'd torch (`compile_inference`, which takes precedence), or plain torch;
+        on CUDA: plain or replayed graphs (`cuda_graphs`)."""
         cuda = self.device.type == "cuda"
         if self.compile_inference and cuda:
             raise ValueError(
                 "model.compile_inference=true compiles for the CPU; on CUDA set "
                 "model.compile_inference=false (model.cuda_graphs=true is the CUDA path)."
             )
-        compiled = self.compile_inference and settings.adam_steps > 0
-        if not (compiled or (self.cuda_graphs and cuda)):
+        if cuda:
+            kind = GraphedOptimiser if self.cuda_graphs else None
+        elif settings.adam_steps == 0:  # the bank search only: nothing to compile
+            kind = None
+        elif self.compile_inference:
+            kind = CompiledOptimiser
+        else:
+            fp32 = decoder.first_matrix.dtype == torch.float32
+            kind = KernelOptimiser if self.inference_kernel and fp32 else None
+        if kind is None:
             return partial(optimise_latents, decoder, bank, settings=settings)
         if settings not in self._optimisers:
-            kind = CompiledOptimiser if compiled else GraphedOptimiser
             self._optimisers[settings] = kind(decoder, bank, settings)
         return self._optimisers[settings]
 

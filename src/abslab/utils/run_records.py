@@ -38,6 +38,7 @@ NOT_RESULT_KEYS = (
     "model.card",  # how reports show the model
     "model.pretrained",  # a path: the weights hash compares what it loaded
     "model.compile_inference",  # the same function compiled: float order only
+    "model.inference_kernel",  # the same function in C++: float order only
     "norm.title",  # presentation
     "norm.column",
     "norm.unit",
