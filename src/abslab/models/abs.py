@@ -188,24 +188,40 @@ class ABSDefense(Defense):
             )
         if cuda:
             kind = GraphedOptimiser if self.cuda_graphs else None
-        elif settings.adam_steps == 0:  # the bank search only: nothing to compile
-            kind = None
-        elif self.compile_inference:
+        elif self._kernel_runs(settings):
+            kind = KernelOptimiser
+        elif self.compile_inference and settings.adam_steps > 0:
             kind = CompiledOptimiser
-        else:
-            fp32 = decoder.first_matrix.dtype == torch.float32
-            kind = KernelOptimiser if self.inference_kernel and fp32 else None
+        else:  # plain torch; also the bank search alone (no Adam steps)
+            kind = None
         if kind is None:
             return partial(optimise_latents, decoder, bank, settings=settings)
         if settings not in self._optimisers:
             self._optimisers[settings] = kind(decoder, bank, settings)
         return self._optimisers[settings]
 
-    def default_chunk(self) -> int:
-        """Images per inference chunk when `inference_chunk` is null: on CPU, chunks of 16 keep
-        the activations in cache (whole batches of 100 run at about half the throughput on 2
-        cores; 8-16 measured best, results/abs_inference.md); a GPU wants whole batches."""
-        return 16 if self.device.type == "cpu" else 1000
+    def default_chunk(self, settings: InferenceSettings | None = None) -> int:
+        """Images per inference chunk when `inference_chunk` is null. The kernel keeps each
+        (image, class) pair in cache by itself, so its chunks only share the bank search's
+        pass over the 80,000 decoded bank images: 256 (chunks of 16 left it a third of the
+        time). The torch path on CPU: chunks of 16 keep the activations in cache (whole
+        batches of 100 run at about half the throughput on 2 cores; 8-16 measured best,
+        results/abs_inference.md). A GPU wants whole batches."""
+        if self.device.type != "cpu":
+            return 1000
+        return 256 if self._kernel_runs(settings or self.settings) else 16
+
+    def _kernel_runs(self, settings: InferenceSettings) -> bool:
+        """Whether `settings`' Adam steps run in the CPU kernel: a float32 model on the CPU
+        with `inference_kernel` and without `compile_inference`."""
+        fp32 = self.vaes.decoder.convs[0].weight.dtype == torch.float32
+        return (
+            self.device.type == "cpu"
+            and settings.adam_steps > 0
+            and self.inference_kernel
+            and not self.compile_inference
+            and fp32
+        )
 
     def infer(self, x: torch.Tensor, settings: InferenceSettings | None = None) -> Inference:
         """x (B, 1, 28, 28) in [0, 1] -> logits, optimised latents and reconstructions.
@@ -218,7 +234,7 @@ class ABSDefense(Defense):
         decoder, bank = self._inference_parts()
         optimise = self._optimiser(decoder, bank, settings)
         with torch.no_grad():
-            chunks = x_in.detach().split(self.inference_chunk or self.default_chunk())
+            chunks = x_in.detach().split(self.inference_chunk or self.default_chunk(settings))
             z = torch.cat([optimise(part) for part in chunks])
             rec = decoder.forward(z)[0]
         elbo = elbo_at(x_in.reshape(len(x), IMAGE_PIXELS), rec.flatten(2), z, settings.beta)

@@ -48,8 +48,11 @@ inline float hsum(v16 v) {
   return v[0];
 }
 
-// exp(x), Cephes' single-precision polynomial (about 1 ulp), x clamped to [-87.3, 88.3].
-inline v16 vexp(v16 x) {
+// exp(x) - 1 and exp(x), Cephes' single-precision exp (polynomial and range reduction, about
+// 1 ulp), x clamped to [-87.3, 88.3]. exp(x) = 2^n (1 + q), q = r + r^2 P(r), so exp(x) - 1 =
+// 2^n q + (2^n - 1): for |x| < ln2/2 that is q itself, accurate relative to x near 0 (as
+// torch's expm1 in ELU), where exp(x) - 1 would lose the low bits.
+inline v16 vexpm1(v16 x) {
   x = x < -87.3f ? splat(-87.3f) : x;
   x = x > 88.3f ? splat(88.3f) : x;
   const v16 shifter = splat(12582912.0f);  // 1.5 * 2^23: adding it rounds to an integer
@@ -61,14 +64,16 @@ inline v16 vexp(v16 x) {
   p = p * r + 4.1665795894e-2f;
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
-  p = p * (r * r) + r + 1.0f;
+  const v16 q = p * (r * r) + r;
   v16i bits = (__builtin_convertvector(n, v16i) + 127) << 23;
   v16 scale;
   std::memcpy(&scale, &bits, sizeof scale);
-  return p * scale;
+  return scale * q + (scale - 1.0f);
 }
 
-inline v16 elu(v16 a) { return a > 0.0f ? a : vexp(a) - 1.0f; }
+inline v16 vexp(v16 x) { return vexpm1(x) + 1.0f; }
+
+inline v16 elu(v16 a) { return a > 0.0f ? a : vexpm1(a); }
 
 // ELU's derivative from its output h: 1 above zero, h + 1 = exp(a) below.
 inline v16 elu_slope(v16 h) { return h > 0.0f ? splat(1.0f) : h + 1.0f; }
@@ -91,8 +96,7 @@ struct Decoder {
 // then ELU, into out (padded by PAD, channels-last, 16 channels). in: (NIN + 4)^2 x CIN,
 // padded by 2. Output pixel (2j + py, 2i + px) sums the taps of its parity.
 template <int CIN, int NIN, int PAD, int POUT>
-void transposed_conv_elu(const float *in, const float *w, const float *bias,
-                                float *out) {
+void transposed_conv_elu(const float *in, const float *w, const float *bias, float *out) {
   constexpr int PIN = NIN + 4, NOUT = 2 * NIN + 3, J = NIN + 2;
   const v16 b = load(bias);
   for (int oy = 0; oy < NOUT; oy++) {
@@ -127,8 +131,7 @@ void transposed_conv_elu(const float *in, const float *w, const float *bias,
 // (tap, output channel, input channel); h_in: the layer's input (padded by 2, CIN channels).
 // grad_in: NIN x NIN x CIN.
 template <int CIN, int NIN>
-void conv_adjoint(const float *grad, const float *w_adj, const float *h_in,
-                         float *grad_in) {
+void conv_adjoint(const float *grad, const float *w_adj, const float *h_in, float *grad_in) {
   constexpr int NOUT = 2 * NIN + 3, PIN = NIN + 4, V = CIN / 16;
   for (int iy = 0; iy < NIN; iy++) {
     v16 acc[NIN][V];
@@ -200,8 +203,7 @@ void last_layer_loss_grad(const Decoder &d, const float *h2, const float *x, flo
 }
 
 // Layer 3's adjoint (a stride-1 convolution) times ELU's slope at layer 2's output h2.
-void last_layer_adjoint(const Decoder &d, const float *grad, const float *h2,
-                              float *grad_in) {
+void last_layer_adjoint(const Decoder &d, const float *grad, const float *h2, float *grad_in) {
   v16 w3[K3 * K3];
   for (int t = 0; t < K3 * K3; t++) w3[t] = load(d.w3 + t * 16);
   for (int iy = 0; iy < S2; iy++)
@@ -239,14 +241,17 @@ extern "C" {
 // Optimises the latents of units [begin, end), unit u = image u / 10, class u % 10.
 // x: (B, 784) images; z: (B, 10, 8) the start (the bank's best), overwritten with z*.
 // Per-class weight arrays hold the ten classes one after another in the layouts of Decoder.
-// step_sizes, second_scales (steps): lr / (1 - beta1^t) and 1 / sqrt(1 - beta2^t).
+// step_sizes, second_scales (steps): lr / (1 - beta1^t) and 1 / sqrt(1 - beta2^t). The Adam
+// constants come as torch passes them: 1 - beta in double, then rounded to float (1 - 0.999f
+// in float is 1.3e-5 off 0.001, a 7e-6 larger first step).
 void abs_optimise_latents(const float *x, float *z, int64_t begin, int64_t end,
                           const float *dense, const float *dense_bias, const float *w1,
                           const float *w1_adj, const float *b1, const float *w2,
                           const float *w2_adj, const float *b2, const float *w3,
                           const float *b3, int steps, const float *step_sizes,
-                          const float *second_scales, float beta1, float beta2, float eps,
-                          float beta, float radius, int authors_clip) {
+                          const float *second_scales, float beta1, float one_minus_beta1,
+                          float beta2, float one_minus_beta2, float eps, float beta,
+                          float radius, int authors_clip) {
   // zeroed once: the padding stays zero, only the interiors are written. On the heap, not
   // thread_local: TLS lookups in a shared library cost a call per access inside the loops.
   const std::unique_ptr<Workspace> workspace(new Workspace());
@@ -270,10 +275,10 @@ void abs_optimise_latents(const float *x, float *z, int64_t begin, int64_t end,
       latent_gradient(d, zu, target, beta, ws, grad);
       float sq = 0.0f;
       for (int i = 0; i < LAT; i++) {
-        first[i] = first[i] * beta1 + grad[i] * (1.0f - beta1);
-        second[i] = second[i] * beta2 + (1.0f - beta2) * grad[i] * grad[i];
+        first[i] = first[i] * beta1 + one_minus_beta1 * grad[i];
+        second[i] = second[i] * beta2 + one_minus_beta2 * grad[i] * grad[i];
         const float denom = __builtin_sqrtf(second[i]) * second_scales[t] + eps;
-        zu[i] = zu[i] - step_sizes[t] * first[i] / denom;
+        zu[i] = zu[i] - step_sizes[t] * (first[i] / denom);
         sq += zu[i] * zu[i];
       }
       if (sq > radius * radius) {

@@ -106,8 +106,11 @@ class KernelOptimiser:
         self.weights = kernel_weights(decoder)
         beta1, beta2 = ADAM_BETAS
         t = torch.arange(1, settings.adam_steps + 1, dtype=torch.float64)
+        # as optimise_latents has them: Python floats, rounded to float32 where they meet the
+        # tensors; torch divides by the scalar as a product with its float reciprocal
         self.step_sizes = (settings.lr / (1 - beta1**t)).float()
-        self.second_scales = (1 / (1 - beta2**t).sqrt()).float()
+        self.second_scales = 1 / (1 - beta2**t).sqrt().float()
+        self.adam = (beta1, 1 - beta1, beta2, 1 - beta2, ADAM_EPS)
 
     def _run(self, x: torch.Tensor, z: torch.Tensor, begin: int, end: int) -> None:
         """Units [begin, end) of x (B, 784) and z (B, 10, 8), z updated in place; the call
@@ -123,7 +126,7 @@ class KernelOptimiser:
             ctypes.c_int(s.adam_steps),
             pointer(self.step_sizes.data_ptr()),
             pointer(self.second_scales.data_ptr()),
-            *(ctypes.c_float(v) for v in (*ADAM_BETAS, ADAM_EPS, s.beta, s.clip)),
+            *(ctypes.c_float(v) for v in (*self.adam, s.beta, s.clip)),
             ctypes.c_int(s.clip_mode == "authors"),
         )
 
