@@ -28,6 +28,9 @@ def test_the_kernel_computes_the_torch_inference(clip_mode, images):
     kernel_model = ABSDefense(inference_kernel=True, clip_mode=clip_mode, **kwargs).eval()
     with torch.no_grad():
         expected, got = torch_model.infer(images), kernel_model.infer(images)
+    # the kernel ran (no silent fall-back to torch), and the torch model did not run it
+    assert isinstance(kernel_model._optimisers[kernel_model.settings], abs_kernel.KernelOptimiser)
+    assert not torch_model._optimisers
     assert (expected.latents.norm(dim=-1) > 1.999).float().mean() > 0.5
     assert torch.equal(got.logits.argmax(1), expected.logits.argmax(1))
     torch.testing.assert_close(got.logits, expected.logits, rtol=1e-5, atol=0)
