@@ -88,9 +88,10 @@ def kernel_weights(decoder: FoldedDecoder) -> dict[str, torch.Tensor]:
     class, channels last, taps first; contiguous float32."""
     (w1, b1, _), (w2, b2, _), (w3, b3, _) = decoder.convs
     side = decoder.first_side
+    width = decoder.first_matrix.shape[1] // N_CLASSES  # 32 channels x 4 x 4 per class
     blocks = torch.stack(
         [
-            decoder.first_matrix[c * LATENT_DIM : (c + 1) * LATENT_DIM, c * 512 : (c + 1) * 512]
+            decoder.first_matrix[c * LATENT_DIM : (c + 1) * LATENT_DIM, c * width : (c + 1) * width]
             for c in range(N_CLASSES)
         ]
     )  # (10, 8, 32 * 4 * 4), channel-major
