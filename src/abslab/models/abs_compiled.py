@@ -19,6 +19,7 @@ from abslab.models.abs_inference import (
     FoldedDecoder,
     InferenceSettings,
     LatentBank,
+    adam_schedule,
     adam_start,
     clip_to_ball,
     latent_loss_gradient,
@@ -77,10 +78,7 @@ class CompiledOptimiser:
         self.bank, self.settings = bank, settings
         steps = steps_per_call(settings.adam_steps) if settings.adam_steps else 1
         self.compiled = torch.compile(AdamSteps(decoder, settings, steps).eval())
-        beta1, beta2 = ADAM_BETAS
-        t = torch.arange(1, settings.adam_steps + 1, dtype=torch.float64)
-        step_sizes = (settings.lr / (1 - beta1**t)).float()
-        second_scales = (1 / (1 - beta2**t).sqrt()).float()
+        step_sizes, second_scales = adam_schedule(settings)
         # one pair of tensors per call, each its own storage (views would differ in offset)
         self.calls = [
             (a.clone(), b.clone())

@@ -230,6 +230,19 @@ def adam_start(
     return z, flat.view(len(x), 1, 28, 28), torch.zeros_like(z), torch.zeros_like(z)
 
 
+def adam_schedule(settings: InferenceSettings) -> tuple[torch.Tensor, torch.Tensor]:
+    """Adam's bias corrections for steps t = 1..adam_steps, each (adam_steps,) float32: the step
+    size lr / (1 - beta1^t) and the second-moment scale 1 / sqrt(1 - beta2^t).
+
+    Rounded as `optimise_latents` meets them: Python floats become float32 where they meet the
+    tensors, and torch divides by a scalar as a product with its float32 reciprocal. The fused
+    paths (kernel, compiled) take these tensors so that they step as the plain path does.
+    """
+    beta1, beta2 = ADAM_BETAS
+    t = torch.arange(1, settings.adam_steps + 1, dtype=torch.float64)
+    return (settings.lr / (1 - beta1**t)).float(), 1 / (1 - beta2**t).sqrt().float()
+
+
 def optimise_latents(
     decoder: FoldedDecoder, bank: LatentBank, x: torch.Tensor, settings: InferenceSettings
 ) -> torch.Tensor:

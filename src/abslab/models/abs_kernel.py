@@ -28,6 +28,7 @@ from abslab.models.abs_inference import (
     FoldedDecoder,
     InferenceSettings,
     LatentBank,
+    adam_schedule,
     adam_start,
 )
 from abslab.models.vae import LATENT_DIM, N_CLASSES
@@ -121,11 +122,7 @@ class KernelOptimiser:
         self.bank, self.settings = bank, settings
         self.weights = kernel_weights(decoder)
         beta1, beta2 = ADAM_BETAS
-        t = torch.arange(1, settings.adam_steps + 1, dtype=torch.float64)
-        # as optimise_latents has them: Python floats, rounded to float32 where they meet the
-        # tensors; torch divides by the scalar as a product with its float reciprocal
-        self.step_sizes = (settings.lr / (1 - beta1**t)).float()
-        self.second_scales = 1 / (1 - beta2**t).sqrt().float()
+        self.step_sizes, self.second_scales = adam_schedule(settings)
         self.adam = (beta1, 1 - beta1, beta2, 1 - beta2, ADAM_EPS)
 
     def _run(self, x: torch.Tensor, z: torch.Tensor, begin: int, end: int) -> None:
