@@ -13,7 +13,7 @@ Reported per batch size: images/s, latency of one batch (median over repeats), p
 (above what was in use before it: CPU resident set, GPU allocated memory), the speed-up against
 the authors' code (on CPU the faster of its two rows, as published and with denormals flushed,
 at each batch) and against the reference, and the agreement with that baseline: predictions,
-and the largest logit difference.
+and the largest logit difference, absolute and relative (|ours - theirs| / |theirs|).
 Writes its section of results/abs_inference.md (one per device) with hardware and commit.
 """
 
@@ -172,12 +172,13 @@ def markdown(args: argparse.Namespace, results: list[Measurement], device: torch
         "",
         f"Command: `{command_line()}`; commit {git_commit()}; published weights and bank; the "
         f"first test images; median of {args.repeats} repeats (fewer where marked). Baseline: "
-        f"{baseline}. Agreement (predictions, largest logit difference) is against the "
-        "baseline on the same batch.",
+        f"{baseline}. Agreement (predictions, largest logit difference: absolute, and "
+        "relative to the baseline's logit) is against the baseline on the same batch.",
         "",
         "| batch | variant | images/s | latency (s/batch) | peak extra memory (MiB) | "
-        "speed-up vs authors' code | speed-up vs reference | agreement | max logit diff |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "speed-up vs authors' code | speed-up vs reference | agreement | max logit diff | "
+        "max relative logit diff |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for m in results:
         base = baseline_of(by_key, m.batch)
@@ -185,12 +186,13 @@ def markdown(args: argparse.Namespace, results: list[Measurement], device: torch
         speedup = f"{statistics.median(base.seconds) / latency:.1f}x" if reason is None else "-"
         versus_reference = statistics.median(by_key[(REFERENCE, m.batch)].seconds) / latency
         agree = (m.logits.argmax(1) == base.logits.argmax(1)).float().mean().item()
-        diff = (m.logits - base.logits).abs().max().item()
+        diff = (m.logits - base.logits).abs()
+        relative = (diff / base.logits.abs()).max().item()
         runs = "" if len(m.seconds) == args.repeats else f" ({len(m.seconds)} run)"
         lines.append(
             f"| {m.batch} | {m.variant}{runs} | {m.batch / latency:.2f} | {latency:.4f} | "
             f"{m.peak_bytes / 2**20:.0f} | {speedup} | {versus_reference:.1f}x | "
-            f"{agree:.3f} | {diff:.1e} |"
+            f"{agree:.3f} | {diff.max().item():.1e} | {relative:.1e} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -65,3 +65,17 @@ def test_a_missing_compiler_names_the_fix(monkeypatch):
             abs_kernel.load_kernel()
     finally:
         abs_kernel.load_kernel.cache_clear()
+
+
+def test_a_first_gradient_near_zero_is_taken_in_float64(mnist_arrays):
+    """Test image 86's class-9 latent starts with a gradient component of 9.4e-9, below Adam's
+    eps: the first step, lr g / (|g| + eps), is there decided by float32's error in g (torch's
+    float32 path steps 0.020, float64 0.024). The kernel takes that gradient in float64."""
+    x = torch.from_numpy(mnist_arrays["test_images"][86:87].astype(np.float32) / 255)[:, None]
+    kwargs = {"pretrained": str(ABS_DIR), "n_iter": 2, "clip_mode": "authors"}  # one Adam step
+    with torch.no_grad():
+        exact = ABSDefense(**kwargs).double().eval().infer(x.double()).latents[0, 9]
+        plain = ABSDefense(inference_kernel=False, **kwargs).eval().infer(x).latents[0, 9]
+        kernel = ABSDefense(**kwargs).eval().infer(x).latents[0, 9]
+    assert (plain.double() - exact).abs().max() > 1e-3  # float32 alone misses it
+    torch.testing.assert_close(kernel.double(), exact, rtol=0, atol=1e-6)

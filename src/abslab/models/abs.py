@@ -197,7 +197,11 @@ class ABSDefense(Defense):
         if kind is None:
             return partial(optimise_latents, decoder, bank, settings=settings)
         if settings not in self._optimisers:
-            self._optimisers[settings] = kind(decoder, bank, settings)
+            if kind is KernelOptimiser:  # its few float64 gradients: the decoders folded in float64
+                exact = FoldedDecoder(self.vaes.decoder, torch.float64)
+                self._optimisers[settings] = KernelOptimiser(decoder, bank, settings, exact)
+            else:
+                self._optimisers[settings] = kind(decoder, bank, settings)
         return self._optimisers[settings]
 
     def default_chunk(self, settings: InferenceSettings | None = None) -> int:

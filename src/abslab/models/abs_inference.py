@@ -105,19 +105,22 @@ class FoldedDecoder(nn.Module):
     transposed convolution of a 1x1 input, and a layout that compiles to vectorised code.
     """
 
-    def __init__(self, decoder: GroupedStack) -> None:
+    def __init__(self, decoder: GroupedStack, dtype: torch.dtype | None = None) -> None:
+        """Folded in `dtype` (None: the decoder's own)."""
         super().__init__()
         folded = []
         with torch.no_grad():
             for i, conv in enumerate(decoder.convs):
-                weight, bias = conv.weight.clone(), conv.bias.clone()
+                weight, bias = conv.weight.to(dtype, copy=True), conv.bias.to(dtype, copy=True)
                 if i < len(decoder.norms):
                     norm = decoder.norms[i]
-                    scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)
+                    gain, shift = norm.weight.to(dtype), norm.bias.to(dtype)
+                    mean, var = norm.running_mean.to(dtype), norm.running_var.to(dtype)
+                    scale = gain / torch.sqrt(var + norm.eps)
                     # transposed-conv weight (10*in, out, k, k): output channel g*out + o
                     grouped = weight.view(N_CLASSES, -1, *weight.shape[1:])
                     weight = (grouped * scale.view(N_CLASSES, 1, -1, 1, 1)).view_as(weight)
-                    bias = (bias - norm.running_mean) * scale + norm.bias
+                    bias = (bias - mean) * scale + shift
                 folded.append((weight, bias, conv.stride[0]))
             first_weight, first_bias, _ = folded[0]
             side = first_weight.shape[-1]
@@ -252,16 +255,28 @@ def optimise_latents(
     followed by the clip. Adam is elementwise, so images and classes never interact.
     """
     z, target, first, second = adam_start(bank, x, settings.beta)
-    beta1, beta2 = ADAM_BETAS
     for step in range(1, settings.adam_steps + 1):
         grad = latent_loss_gradient(decoder, z, target, settings.beta)
-        # torch.optim.Adam's arithmetic, step for step
-        first.mul_(beta1).add_(grad, alpha=1 - beta1)
-        second.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-        denom = (second.sqrt() / (1 - beta2**step) ** 0.5).add_(ADAM_EPS)
-        z = z.addcdiv(first, denom, value=-settings.lr / (1 - beta1**step))
-        z = clip_to_ball(z, settings.clip, settings.clip_mode)
+        z = adam_step(z, grad, first, second, step, settings)
     return z
+
+
+def adam_step(
+    z: torch.Tensor,
+    grad: torch.Tensor,
+    first: torch.Tensor,
+    second: torch.Tensor,
+    step: int,
+    settings: InferenceSettings,
+) -> torch.Tensor:
+    """Adam step `step` (from 1) of z (B, 10, 8) along grad, then the clip: the new z. Adam's
+    moments first and second (B, 10, 8) are updated in place; torch.optim.Adam's arithmetic."""
+    beta1, beta2 = ADAM_BETAS
+    first.mul_(beta1).add_(grad, alpha=1 - beta1)
+    second.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+    denom = (second.sqrt() / (1 - beta2**step) ** 0.5).add_(ADAM_EPS)
+    z = z.addcdiv(first, denom, value=-settings.lr / (1 - beta1**step))
+    return clip_to_ball(z, settings.clip, settings.clip_mode)
 
 
 class GraphedOptimiser:

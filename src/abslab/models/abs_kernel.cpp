@@ -234,51 +234,74 @@ void latent_gradient(const Decoder &d, const float *z, const float *x, float bet
   }
 }
 
+// Class c's decoder in the per-class weight arrays (the ten classes one after another).
+Decoder class_decoder(int c, const float *dense, const float *dense_bias, const float *w1,
+                      const float *w1_adj, const float *b1, const float *w2, const float *w2_adj,
+                      const float *b2, const float *w3, const float *b3) {
+  return Decoder{dense + c * LAT * S0 * S0 * C0,
+                 dense_bias + c * S0 * S0 * C0,
+                 w1 + c * K * K * C0 * C1,
+                 w1_adj + c * K * K * C0 * C1,
+                 b1 + c * C1,
+                 w2 + c * K * K * C1 * C2,
+                 w2_adj + c * K * K * C1 * C2,
+                 b2 + c * C2,
+                 w3 + c * K3 * K3 * C2,
+                 b3[c]};
+}
+
 }  // namespace
 
 extern "C" {
 
-// Optimises the latents of units [begin, end), unit u = image u / 10, class u % 10.
-// x: (B, 784) images; z: (B, 10, 8) the start (the bank's best), overwritten with z*.
-// Per-class weight arrays hold the ten classes one after another in the layouts of Decoder.
-// step_sizes, second_scales (steps): lr / (1 - beta1^t) and 1 / sqrt(1 - beta2^t). The Adam
-// constants come as torch passes them: 1 - beta in double, then rounded to float (1 - 0.999f
-// in float is 1.3e-5 off 0.001, a 7e-6 larger first step).
-void abs_optimise_latents(const float *x, float *z, int64_t begin, int64_t end,
-                          const float *dense, const float *dense_bias, const float *w1,
-                          const float *w1_adj, const float *b1, const float *w2,
-                          const float *w2_adj, const float *b2, const float *w3,
-                          const float *b3, int steps, const float *step_sizes,
-                          const float *second_scales, float beta1, float one_minus_beta1,
-                          float beta2, float one_minus_beta2, float eps, float beta,
-                          float radius, int authors_clip) {
+// Units [begin, end) of a batch: unit u is image u / 10 and class u % 10. x: (B, 784) images;
+// z, grad, first, second: (B, 10, 8). Per-class weight arrays hold the ten classes one after
+// another in the layouts of Decoder.
+
+// The gradient of the bound at z, into grad.
+void abs_latent_gradients(const float *x, const float *z, float *grad, int64_t begin,
+                          int64_t end, const float *dense, const float *dense_bias,
+                          const float *w1, const float *w1_adj, const float *b1, const float *w2,
+                          const float *w2_adj, const float *b2, const float *w3, const float *b3,
+                          float beta) {
+  const std::unique_ptr<Workspace> workspace(new Workspace());
+  for (int64_t u = begin; u < end; u++) {
+    const Decoder d = class_decoder(static_cast<int>(u % 10), dense, dense_bias, w1, w1_adj, b1,
+                                    w2, w2_adj, b2, w3, b3);
+    latent_gradient(d, z + u * LAT, x + (u / 10) * PIX, beta, *workspace, grad + u * LAT);
+  }
+}
+
+// `steps` Adam steps from z and Adam's moments first and second, all three overwritten. Each
+// step is followed by the clip to the ball. step_sizes, second_scales (steps): lr / (1 -
+// beta1^t) and 1 / sqrt(1 - beta2^t) of these steps. The Adam constants come as torch passes
+// them: 1 - beta in double, then rounded to float (1 - 0.999f in float is 1.3e-5 off 0.001, a
+// 7e-6 larger first step).
+void abs_optimise_latents(const float *x, float *z, float *first, float *second, int64_t begin,
+                          int64_t end, const float *dense, const float *dense_bias,
+                          const float *w1, const float *w1_adj, const float *b1, const float *w2,
+                          const float *w2_adj, const float *b2, const float *w3, const float *b3,
+                          int steps, const float *step_sizes, const float *second_scales,
+                          float beta1, float one_minus_beta1, float beta2, float one_minus_beta2,
+                          float eps, float beta, float radius, int authors_clip) {
   // zeroed once: the padding stays zero, only the interiors are written. On the heap, not
   // thread_local: TLS lookups in a shared library cost a call per access inside the loops.
   const std::unique_ptr<Workspace> workspace(new Workspace());
   Workspace &ws = *workspace;
   for (int64_t u = begin; u < end; u++) {
-    const int c = static_cast<int>(u % 10);
-    const Decoder d{dense + c * LAT * S0 * S0 * C0,
-                    dense_bias + c * S0 * S0 * C0,
-                    w1 + c * K * K * C0 * C1,
-                    w1_adj + c * K * K * C0 * C1,
-                    b1 + c * C1,
-                    w2 + c * K * K * C1 * C2,
-                    w2_adj + c * K * K * C1 * C2,
-                    b2 + c * C2,
-                    w3 + c * K3 * K3 * C2,
-                    b3[c]};
+    const Decoder d = class_decoder(static_cast<int>(u % 10), dense, dense_bias, w1, w1_adj, b1,
+                                    w2, w2_adj, b2, w3, b3);
     const float *target = x + (u / 10) * PIX;
-    float *zu = z + u * LAT;
-    float first[LAT] = {}, second[LAT] = {}, grad[LAT];
+    float *zu = z + u * LAT, *m = first + u * LAT, *v = second + u * LAT;
+    float grad[LAT];
     for (int t = 0; t < steps; t++) {
       latent_gradient(d, zu, target, beta, ws, grad);
       float sq = 0.0f;
       for (int i = 0; i < LAT; i++) {
-        first[i] = first[i] * beta1 + one_minus_beta1 * grad[i];
-        second[i] = second[i] * beta2 + one_minus_beta2 * grad[i] * grad[i];
-        const float denom = __builtin_sqrtf(second[i]) * second_scales[t] + eps;
-        zu[i] = zu[i] - step_sizes[t] * (first[i] / denom);
+        m[i] = m[i] * beta1 + one_minus_beta1 * grad[i];
+        v[i] = v[i] * beta2 + one_minus_beta2 * grad[i] * grad[i];
+        const float denom = __builtin_sqrtf(v[i]) * second_scales[t] + eps;
+        zu[i] = zu[i] - step_sizes[t] * (m[i] / denom);
         sq += zu[i] * zu[i];
       }
       if (sq > radius * radius) {
