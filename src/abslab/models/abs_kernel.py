@@ -122,6 +122,11 @@ def kernel_weights(decoder: FoldedDecoder) -> dict[str, torch.Tensor]:
     return {name: t.detach().contiguous() for name, t in parts.items()}
 
 
+def pointers(*tensors: torch.Tensor) -> list[ctypes.c_void_p]:
+    """The tensors' data as C pointers, for the kernel's arguments."""
+    return [ctypes.c_void_p(t.data_ptr()) for t in tensors]
+
+
 class KernelOptimiser:
     """`optimise_latents` with the Adam steps in abs_kernel.cpp; x (B, 1, 28, 28) float32 on
     the CPU -> z* (B, 10, 8). Build a new one whenever the decoder or the bank change.
@@ -149,16 +154,13 @@ class KernelOptimiser:
 
     def _gradients(self, x: torch.Tensor, z: torch.Tensor, grad: torch.Tensor) -> None:
         """The bound's gradient at z (B, 10, 8) for x (B, 784), into grad (B, 10, 8)."""
-        pointer = ctypes.c_void_p
         self._split(
             len(x),
             lambda begin, end: self.kernel.abs_latent_gradients(
-                pointer(x.data_ptr()),
-                pointer(z.data_ptr()),
-                pointer(grad.data_ptr()),
+                *pointers(x, z, grad),
                 ctypes.c_int64(begin),
                 ctypes.c_int64(end),
-                *(pointer(t.data_ptr()) for t in self.weights.values()),
+                *pointers(*self.weights.values()),
                 ctypes.c_float(self.settings.beta),
             ),
         )
@@ -168,19 +170,15 @@ class KernelOptimiser:
     ) -> None:
         """Adam steps 2.. from z and the moments (B, 10, 8), all three updated in place."""
         s = self.settings
-        pointer = ctypes.c_void_p
         self._split(
             len(x),
             lambda begin, end: self.kernel.abs_optimise_latents(
-                pointer(x.data_ptr()),
-                pointer(z.data_ptr()),
-                pointer(first.data_ptr()),
-                pointer(second.data_ptr()),
+                *pointers(x, z, first, second),
                 ctypes.c_int64(begin),
                 ctypes.c_int64(end),
-                *(pointer(t.data_ptr()) for t in self.weights.values()),
+                *pointers(*self.weights.values()),
                 ctypes.c_int(s.adam_steps - 1),
-                *(pointer(t.data_ptr()) for t in self.later_steps),
+                *pointers(*self.later_steps),
                 *(ctypes.c_float(v) for v in (*self.adam, s.beta, s.clip)),
                 ctypes.c_int(s.clip_mode == "authors"),
             ),
