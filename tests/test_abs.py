@@ -327,3 +327,24 @@ def test_the_committed_own_abs_checkpoint_classifies(tmp_path):
         tiny_overrides("model=abs", f"ckpt={ckpt}", "data.test_samples=40"), tmp_path
     )
     assert summary["n_samples"] == 40 and summary["clean_accuracy"] >= 0.95
+
+
+def test_the_entropy_weight_half_is_the_authors_kld_with_the_posterior_std():
+    """train_entropy_weight=0.5 trains on the authors' loss_functions.KLD(mu, sig_q=std):
+    -1/2 sum(1 - mu^2 + log(sig_q) - sig_q^2), re-typed here from their code."""
+    torch.manual_seed(0)
+    model = ABSDefense(bank_size=10, train_entropy_weight=0.5, augment=0.0)
+    packed, mask = pack_by_class(torch.rand(6, 1, 28, 28), torch.tensor([0, 0, 4, 4, 4, 7]))
+    mean, log_var = model.vaes.encode(packed)
+    std = (0.5 * log_var).exp()
+    authors = -0.5 * (1 - mean**2 + std.log() - std**2).sum(2)
+    torch.manual_seed(1)
+    _, kl = vae_loss_terms(model.vaes, packed, mask, entropy_weight=0.5)
+    torch.testing.assert_close(kl, (authors * mask).sum())
+    torch.manual_seed(1)
+    _, full = vae_loss_terms(model.vaes, packed, mask)  # weight 1: the KL to N(0, I)
+    textbook = -0.5 * (1 + log_var - mean**2 - log_var.exp()).sum(2)
+    torch.testing.assert_close(full, (textbook * mask).sum())
+    assert (full - kl).abs() > 1e-3  # the weight changed the term
+    with pytest.raises(ValueError, match=r"model.train_entropy_weight=2"):
+        ABSDefense(bank_size=10, train_entropy_weight=2)

@@ -52,7 +52,8 @@ class ABSDefense(Defense):
     """logit_c = -ELBO_c(x): class c's VAE explains x best when its bound is lowest.
 
     Training fits each class's VAE to its own digits (squared-error ELBO; KL weight
-    `train_beta`, null: `beta`, annealed over `kl_warmup_epochs`) on augmented images
+    `train_beta`, null: `beta`, annealed over `kl_warmup_epochs`; the KL's log-variance term
+    weighted by `train_entropy_weight`, vae.vae_loss_terms) on augmented images
     (`augmentation`: "light" or "augmentor", data/augment.py; each op with probability `augment`).
     Inference is the authors' (`abs_inference`): bank search, then `n_iter - 1` Adam steps in
     latent space.
@@ -85,6 +86,7 @@ class ABSDefense(Defense):
         beta: float = 1.0,
         train_beta: float | None = None,
         kl_warmup_epochs: float = 0.0,
+        train_entropy_weight: float = 1.0,
         val_n_iter: int = 0,
         inference_chunk: int | None = None,
         cuda_graphs: bool = False,
@@ -121,7 +123,13 @@ class ABSDefense(Defense):
                 f"model.kl_warmup_epochs={kl_warmup_epochs}: give the epochs of KL annealing, "
                 ">= 0 (0: none)."
             )
+        if not 0 <= train_entropy_weight <= 1:
+            raise ValueError(
+                f"model.train_entropy_weight={train_entropy_weight}: give a weight in [0, 1] "
+                "(1: the KL; 0.5: the authors' KLD with the posterior std)."
+            )
         self.train_beta = beta if train_beta is None else train_beta
+        self.train_entropy_weight = train_entropy_weight
         self.kl_warmup_epochs = kl_warmup_epochs
         self.augment = augment
         if augmentation not in PIPELINES:
@@ -256,7 +264,7 @@ class ABSDefense(Defense):
         x, y, _ = batch
         x = self.augmentation(x, self.augment)
         packed, mask = pack_by_class(x, y)
-        rec_error, kl = vae_loss_terms(self.vaes, packed, mask)
+        rec_error, kl = vae_loss_terms(self.vaes, packed, mask, self.train_entropy_weight)
         epoch = self.global_step / self.trainer.num_training_batches if self._trainer else 0.0
         kl_weight = annealed_kl_weight(self.train_beta, self.kl_warmup_epochs, epoch)
         loss = (rec_error + kl_weight * kl) / len(x)

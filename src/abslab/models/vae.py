@@ -84,16 +84,19 @@ def pack_by_class(
 
 
 def vae_loss_terms(
-    vaes: TenVAEs, packed: torch.Tensor, mask: torch.Tensor
+    vaes: TenVAEs, packed: torch.Tensor, mask: torch.Tensor, entropy_weight: float = 1.0
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The two terms of each VAE's squared-error ELBO on its own class, summed over real entries.
 
     packed (K, 10, 28, 28), mask (K, 10) -> (squared reconstruction error, KL to N(0, I));
     the co-author's reimplementation trains on (error + beta * KL) / batch size.
+    KL = 1/2 sum(mean^2 + var - 1 - entropy_weight * log var): 1 is the KL; 0.5 is the authors'
+    `loss_functions.KLD(mean, sig_q=std)`, whose log(sig_q) is half of log var
+    (docs/paper.md §3.2).
     """
     mean, log_var = vaes.encode(packed)
     z = mean + torch.randn_like(mean) * (0.5 * log_var).exp()
     rec = vaes.decode(z)
     rec_error = ((rec - packed) ** 2).sum((2, 3))
-    kl = -0.5 * (1 + log_var - mean**2 - log_var.exp()).sum(2)
+    kl = 0.5 * (mean**2 + log_var.exp() - 1 - entropy_weight * log_var).sum(2)
     return (rec_error * mask).sum(), (kl * mask).sum()

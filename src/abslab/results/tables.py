@@ -254,6 +254,7 @@ RUN_COLUMNS = {  # a summary.json key (dotted: nested, as config.model.train_bet
     "model": "model",
     "config.model.train_beta": "train beta",
     "config.model.kl_warmup_epochs": "KL warm-up epochs",
+    "config.model.train_entropy_weight": "entropy weight",
     "config.model.augmentation": "augmentation",
     "n_samples": "samples",
     "clean_accuracy": "clean acc.",
