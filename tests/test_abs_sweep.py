@@ -24,51 +24,71 @@ SHORT = [
 ]
 
 
-def test_the_sweep_is_four_jobs_of_the_abs_recipe_each_in_a_fixed_dir(tmp_path):
+def _sweep_jobs(experiment: str) -> dict[str, list[str]]:
+    """The multirun's jobs: each job's run subdir -> its overrides."""
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        hydra_cfg = compose(
-            "train", ["experiment=abs_sweep", "registry=reg"], return_hydra_config=True
-        ).hydra
+        base = [f"experiment={experiment}", "registry=reg"]
+        hydra_cfg = compose("train", base, return_hydra_config=True).hydra
+        assert hydra_cfg.sweep.dir == "reg/abs_sweep"
         params = [f"{key}={value}" for key, value in hydra_cfg.sweeper.params.items()]
         [jobs] = BasicSweeper.split_arguments(
             OverridesParser.create().parse_overrides(params), None
         )
-        assert hydra_cfg.sweep.dir == "reg/abs_sweep"
         dirs = {}
         for job in jobs:
-            cfg = compose(
-                "train", ["experiment=abs_sweep", "registry=reg", *job], return_hydra_config=True
-            )
+            cfg = compose("train", [*base, *job], return_hydra_config=True)
             assert cfg.hydra.run.dir == f"{cfg.hydra.sweep.dir}/{cfg.hydra.sweep.subdir}"
-            model = cfg.model
-            dirs[cfg.hydra.sweep.subdir] = (
-                model.train_beta,
-                model.kl_warmup_epochs,
-                model.augmentation,
-            )
-    assert dirs == {
-        "beta1.0_warm0_light": (1.0, 0, "light"),
-        "beta1.0_warm0_augmentor": (1.0, 0, "augmentor"),
-        "beta0.5_warm0_light": (0.5, 0, "light"),
-        "beta0.5_warm0_augmentor": (0.5, 0, "augmentor"),
+            dirs[cfg.hydra.sweep.subdir] = job
+    return dirs
+
+
+def _changed_from_recipe(job: list[str], experiment: str, tmp_path) -> dict[str, object]:
+    """The keys where a job's config differs from experiment=abs's recipe, with its values."""
+    recipe = _flat(OmegaConf.to_container(compose_config("train", ["experiment=abs"], tmp_path)))
+    config = compose_config("train", [f"experiment={experiment}", *job], tmp_path)
+    return {k: v for k, v in _flat(OmegaConf.to_container(config)).items() if recipe[k] != v}
+
+
+def test_the_sweep_is_four_jobs_of_the_abs_recipe_each_in_a_fixed_dir(tmp_path):
+    jobs = _sweep_jobs("abs_sweep")
+    assert set(jobs) == {
+        "beta1.0_warm0_light",
+        "beta1.0_warm0_augmentor",
+        "beta0.5_warm0_light",
+        "beta0.5_warm0_augmentor",
     }
     # a job is experiment=abs's recipe with its keys, resuming and the diagnostics on, at the
     # grid's 30 epochs (the recipe's 100 cost 3x the time per job)
-    recipe = _flat(OmegaConf.to_container(compose_config("train", ["experiment=abs"], tmp_path)))
-    assert recipe["model.augmentation"] == "light" and recipe["model.kl_warmup_epochs"] == 0
-    job = compose_config("train", ["experiment=abs_sweep", *jobs[3]], tmp_path)
-    assert job.model.augmentation == "augmentor"
-    changed = {k for k, v in _flat(OmegaConf.to_container(job)).items() if recipe[k] != v}
+    changed = _changed_from_recipe(jobs["beta0.5_warm0_augmentor"], "abs_sweep", tmp_path)
+    assert changed.pop("abs_diagnostics") > 0 and changed.pop("resume_run_dir") is True
     assert changed == {
-        "model.train_beta",
-        "model.augmentation",
-        "resume_run_dir",
-        "abs_diagnostics",
-        "logger.group",
-        "trainer.max_epochs",
+        "model.train_beta": 0.5,
+        "model.augmentation": "augmentor",
+        "logger.group": "abs_sweep",
+        "trainer.max_epochs": 30,
     }
-    assert recipe["trainer.max_epochs"] == 100 and job.trainer.max_epochs == 30
-    assert job.resume_run_dir and job.abs_diagnostics > 0 and job.fit_binary_scalars
+
+
+def test_the_entropy_sweep_is_three_jobs_of_the_100_epoch_recipe(tmp_path):
+    jobs = _sweep_jobs("abs_entropy_sweep")
+    # the dirs the w = 0.5 and w = 0 runs were started in; w = 1 is the committed 100-epoch run
+    assert set(jobs) == {f"beta1.0_warm0_light_ent{w}_ep100" for w in ("1.0", "0.5", "0.0")}
+    changed = _changed_from_recipe(
+        jobs["beta1.0_warm0_light_ent0.5_ep100"], "abs_entropy_sweep", tmp_path
+    )
+    assert changed.pop("abs_diagnostics") > 0 and changed.pop("resume_run_dir") is True
+    assert changed == {
+        "model.train_beta": 1.0,  # the recipe's null: the bound's beta, 1
+        "model.train_entropy_weight": 0.5,
+        "logger.group": "abs_sweep",
+    }
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        alone = compose(
+            "train",
+            ["experiment=abs_entropy_sweep", "registry=reg", "model.train_entropy_weight=0.0"],
+            return_hydra_config=True,
+        )
+    assert alone.hydra.run.dir == "reg/abs_sweep/beta1.0_warm0_light_ent0.0_ep100"
 
 
 def test_a_rerun_resumes_an_unfinished_run_dir_and_skips_a_finished_one(tmp_path):
@@ -164,6 +184,8 @@ def test_the_table_of_runs_replaces_only_the_marked_section(tmp_path):
                 abs_squared_error=14.004,
                 abs_kl=9.996,
                 abs_median_margin=0.016049,
+                seed=1,
+                best_checkpoint="/runs/beta0.5_warm0/checkpoints/epoch_027.ckpt",
             )
         )
     )
@@ -186,22 +208,22 @@ def test_the_table_of_runs_replaces_only_the_marked_section(tmp_path):
     assert header == (
         "| model | train beta | KL warm-up epochs | val acc. (best epoch) | test acc. | "
         "binary ABS val acc. (fitted scalars) | first N test images | acc. (first N) | "
-        "squared error (first N) | KL (first N) | median margin (first N) | epochs | "
-        "wall time (s) | commit | hardware | command |"
+        "squared error (first N) | KL (first N) | median margin (first N) | epochs | seed | "
+        "tested checkpoint | wall time (s) | commit | hardware | command |"
     )
     rows = lines[lines.index(header) + 2 :]
     assert rows[0] == (
         "| abs, published VAEs (m.md for the first N) |  |  |  | 99.03% |  | 2 | 50.00% | 13.25 "
-        "| 11.50 | 0.0125 |  |  | c0 | gpu | `e` |"
+        "| 11.50 | 0.0125 |  |  |  |  | c0 | gpu | `e` |"
     )
     # sorted by dir name: beta0.25_warm10 before beta0.5_warm0
     assert rows[1] == (
-        "| abs | 0.25 | 10 |  | 99.00% |  |  |  |  |  |  | 30 | 1800.5 | abc1234 | box | "
+        "| abs | 0.25 | 10 |  | 99.00% |  |  |  |  |  |  | 30 |  |  | 1800.5 | abc1234 | box | "
         "`python train.py experiment=abs_sweep model.train_beta=0.25 model.kl_warmup_epochs=10` |"
     )
     assert rows[2] == (
         "| abs | 0.5 | 0 | 98.00% | 98.76% | 98.12% | 1000 | 98.50% | 14.00 | 10.00 | 0.0160 | 30 "
-        "| 1800.5 | abc1234 | box | "
+        "| 1 | epoch_027.ckpt | 1800.5 | abc1234 | box | "
         "`python train.py experiment=abs_sweep model.train_beta=0.5 model.kl_warmup_epochs=0` |"
     )
     assert rows[3] == ""

@@ -43,6 +43,34 @@ def test_last_ckpt_follows_every_epoch_when_the_best_does_not_move(tmp_path):
     assert last["global_step"] == 6
 
 
+@pytest.mark.parametrize("tested", ["best", "last"])
+def test_tested_checkpoint_picks_what_is_tested_and_exported(tmp_path, tested):
+    """Epoch 0 stays the best (monitoring `epoch` in min mode); after 3 epochs, `best` tests and
+    exports epoch 0's weights, `last` the last epoch's."""
+    best_stays = ["callbacks.model_checkpoint.monitor=epoch", "callbacks.model_checkpoint.mode=min"]
+    overrides = [*SHORT, "trainer.max_epochs=3", *best_stays, f"tested_checkpoint={tested}"]
+    summary = run_train(tiny_overrides(*overrides), tmp_path)
+    expected = summary["best_checkpoint"] if tested == "best" else summary["last_checkpoint"]
+    assert summary["tested_checkpoint"] == expected
+    assert summary["best_checkpoint"].endswith("epoch_000.ckpt")
+
+    def weights(path):
+        return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+
+    exported, chosen = weights(tmp_path / "weights.ckpt"), weights(expected)
+    other = weights(summary["last_checkpoint" if tested == "best" else "best_checkpoint"])
+    assert all(torch.equal(exported[k], chosen[k]) for k in chosen)
+    assert not all(torch.equal(exported[k], other[k]) for k in other)
+
+
+def test_an_unknown_tested_checkpoint_is_an_error_before_training(tmp_path):
+    with pytest.raises(
+        ValueError, match=r"tested_checkpoint=first: choose one of \('best', 'last'\)"
+    ):
+        run_train(tiny_overrides(*SHORT, "tested_checkpoint=first"), tmp_path)
+    assert not (tmp_path / "checkpoints").exists()
+
+
 def test_a_run_without_checkpoints_of_its_own_still_ends_with_last_ckpt(tmp_path):
     """fast_dev_run saves no checkpoint; train.py writes last.ckpt at the end of the fit."""
     summary = run_train(tiny_overrides("debug=fast", "test_after_fit=false"), tmp_path)

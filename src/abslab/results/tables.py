@@ -268,6 +268,8 @@ RUN_COLUMNS = {  # a summary.json key (dotted: nested, as config.model.train_bet
     "abs_median_margin": "median margin (first N)",
     "norm": "norm",
     "epochs": "epochs",
+    "seed": "seed",
+    "tested_checkpoint": "tested checkpoint",
     "wall_time_s": "wall time (s)",
     "resumed_from": "resumed from (wall time: last call)",
     "commit": "commit",
@@ -282,6 +284,8 @@ def run_field(summary: dict[str, Any], key: str) -> Any:
     run alone: a multirun job's own (job_command), else the process's."""
     if key == "command":
         return summary.get("job_command") or summary.get("command")
+    if key == "tested_checkpoint":  # runs before the key was recorded tested their best one
+        return summary.get("tested_checkpoint") or summary.get("best_checkpoint")
     value: Any = summary
     for part in key.split("."):
         value = value.get(part) if isinstance(value, dict) else None
@@ -297,6 +301,8 @@ def _run_value(key: str, value: object) -> str:
         return RUN_FORMATS[key].format(value)
     if key in ("command", "resumed_from"):
         return f"`{value}`"
+    if key == "tested_checkpoint":  # epoch_NNN.ckpt (epochs from 0) or last.ckpt
+        return Path(str(value)).name
     return str(value)
 
 

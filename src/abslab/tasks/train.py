@@ -26,6 +26,7 @@ from abslab.utils.seeding import seed_if_given
 from abslab.utils.task import logged_run
 
 log = logging.getLogger(__name__)
+TESTED_CHECKPOINTS = ("best", "last")  # the epoch with the best val/acc, or the last epoch
 
 
 def export_weights(cfg: DictConfig, checkpoint: str, datamodule: Any) -> dict[str, Any]:
@@ -91,8 +92,13 @@ def last_checkpoint(cfg: DictConfig) -> Path:
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
-    """Fit `cfg.model` on `cfg.data`, test the best checkpoint, write summary.json.
-    With `resume_run_dir`, a run dir that has summary.json is finished: its summary returns."""
+    """Fit `cfg.model` on `cfg.data`, test the `tested_checkpoint` (best or last), write
+    summary.json. With `resume_run_dir`, a run dir that has summary.json is finished: its
+    summary returns."""
+    if cfg.tested_checkpoint not in TESTED_CHECKPOINTS:
+        raise ValueError(
+            f"tested_checkpoint={cfg.tested_checkpoint}: choose one of {TESTED_CHECKPOINTS}."
+        )
     output_dir = Path(cfg.output_dir)
     finished = output_dir / "summary.json"
     if cfg.resume_run_dir and finished.is_file():
@@ -114,7 +120,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     with logged_run(cfg) as logger:
         trainer: pl.Trainer = instantiate(cfg.trainer, logger=logger or False, callbacks=callbacks)
         summary: dict[str, Any] = {"model": model.name, "seed": cfg.seed}
-        best = None
+        tested = None
         if model.needs_training:
             summary["resumed_from"] = ckpt_path
             trainer.fit(model, datamodule, ckpt_path=ckpt_path)
@@ -124,6 +130,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             last = last_checkpoint(cfg)
             trainer.save_checkpoint(last)  # on every rank: Lightning writes it from rank zero
             summary["last_checkpoint"] = str(last)
+            tested = best if cfg.tested_checkpoint == "best" and best else str(last)
+            summary["tested_checkpoint"] = tested
             summary["epochs"] = trainer.current_epoch
             summary["steps"] = trainer.global_step
             if model.best_val_acc > float("-inf"):
@@ -131,11 +139,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         else:
             log.info("model=%s needs no training; testing it as it is.", model.name)
         if model.needs_training and trainer.is_global_zero:
-            summary.update(export_weights(cfg, best or summary["last_checkpoint"], datamodule))
+            summary.update(export_weights(cfg, tested, datamodule))
             if cfg.abs_diagnostics:
                 summary.update(abs_diagnostics(cfg, summary["weights"]))
         if cfg.test_after_fit:
-            results = trainer.test(model, datamodule, ckpt_path=best)
+            results = trainer.test(model, datamodule, ckpt_path=tested)
             summary.update({k.replace("test/", "test_"): v for k, v in results[0].items()})
         summary.update(provenance(output_dir, start, commit))
         summary["job_command"] = job_command()
@@ -144,7 +152,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             summary["config"] = OmegaConf.to_container(cfg, resolve=True)
             path = write_summary(output_dir, summary)
             log.info("Run directory: %s", output_dir)
-            log.info("Best checkpoint: %s", summary.get("best_checkpoint"))
+            log.info("Tested checkpoint: %s", summary.get("tested_checkpoint"))
             log.info("Summary: %s", path)
             if "test_acc" in summary:
                 log.info("Test accuracy: %.4f", summary["test_acc"])
