@@ -42,9 +42,14 @@ def _sweep_jobs(experiment: str) -> dict[str, list[str]]:
     return dirs
 
 
+def _recipe(tmp_path) -> dict[str, object]:
+    """experiment=abs's config, flat."""
+    return _flat(OmegaConf.to_container(compose_config("train", ["experiment=abs"], tmp_path)))
+
+
 def _changed_from_recipe(job: list[str], experiment: str, tmp_path) -> dict[str, object]:
     """The keys where a job's config differs from experiment=abs's recipe, with its values."""
-    recipe = _flat(OmegaConf.to_container(compose_config("train", ["experiment=abs"], tmp_path)))
+    recipe = _recipe(tmp_path)
     config = compose_config("train", [f"experiment={experiment}", *job], tmp_path)
     return {k: v for k, v in _flat(OmegaConf.to_container(config)).items() if recipe[k] != v}
 
@@ -59,6 +64,9 @@ def test_the_sweep_is_four_jobs_of_the_abs_recipe_each_in_a_fixed_dir(tmp_path):
     }
     # a job is experiment=abs's recipe with its keys, resuming and the diagnostics on, at the
     # grid's 30 epochs (the recipe's 100 cost 3x the time per job)
+    recipe = _recipe(tmp_path)
+    assert recipe["model.augmentation"] == "light" and recipe["model.kl_warmup_epochs"] == 0
+    assert recipe["trainer.max_epochs"] == 100 and recipe["fit_binary_scalars"] is True
     changed = _changed_from_recipe(jobs["beta0.5_warm0_augmentor"], "abs_sweep", tmp_path)
     assert changed.pop("abs_diagnostics") > 0 and changed.pop("resume_run_dir") is True
     assert changed == {
