@@ -322,7 +322,7 @@ def test_the_speed_bench_says_why_it_skips_the_authors_code(tmp_path):
 
 
 def test_the_committed_own_abs_checkpoint_classifies(tmp_path):
-    ckpt = REPO / "checkpoints" / "abs.ckpt"  # results/abs.md: 98.10% on 10,000
+    ckpt = REPO / "checkpoints" / "abs.ckpt"  # results/abs.md: 98.90% on 10,000
     summary = run_evaluate(
         tiny_overrides("model=abs", f"ckpt={ckpt}", "data.test_samples=40"), tmp_path
     )

@@ -67,10 +67,12 @@ def test_the_sweep_is_four_jobs_of_the_abs_recipe_each_in_a_fixed_dir(tmp_path):
     recipe = _recipe(tmp_path)
     assert recipe["model.augmentation"] == "light" and recipe["model.kl_warmup_epochs"] == 0
     assert recipe["trainer.max_epochs"] == 100 and recipe["fit_binary_scalars"] is True
+    assert recipe["model.train_entropy_weight"] == 0.5  # the authors' KLD
     changed = _changed_from_recipe(jobs["beta0.5_warm0_augmentor"], "abs_sweep", tmp_path)
     assert changed.pop("abs_diagnostics") > 0 and changed.pop("resume_run_dir") is True
     assert changed == {
         "model.train_beta": 0.5,
+        "model.train_entropy_weight": 1.0,  # the full KL, as the grid's records ran
         "model.augmentation": "augmentor",
         "logger.group": "abs_sweep",
         "trainer.max_epochs": 30,
@@ -81,15 +83,16 @@ def test_the_entropy_sweep_is_three_jobs_of_the_100_epoch_recipe(tmp_path):
     jobs = _sweep_jobs("abs_entropy_sweep")
     # the dirs the w = 0.5 and w = 0 runs were started in; w = 1 is the committed 100-epoch run
     assert set(jobs) == {f"beta1.0_warm0_light_ent{w}_ep100" for w in ("1.0", "0.5", "0.0")}
-    changed = _changed_from_recipe(
-        jobs["beta1.0_warm0_light_ent0.5_ep100"], "abs_entropy_sweep", tmp_path
-    )
-    assert changed.pop("abs_diagnostics") > 0 and changed.pop("resume_run_dir") is True
-    assert changed == {
-        "model.train_beta": 1.0,  # the recipe's null: the bound's beta, 1
-        "model.train_entropy_weight": 0.5,
-        "logger.group": "abs_sweep",
-    }
+    # train_beta 1.0: the recipe's null, the bound's beta 1
+    sweep_keys = {"model.train_beta": 1.0, "logger.group": "abs_sweep"}
+    for job, weight in (("0.5", None), ("1.0", 1.0), ("0.0", 0.0)):
+        changed = _changed_from_recipe(
+            jobs[f"beta1.0_warm0_light_ent{job}_ep100"], "abs_entropy_sweep", tmp_path
+        )
+        assert changed.pop("abs_diagnostics") > 0 and changed.pop("resume_run_dir") is True
+        # the w = 0.5 job is experiment=abs's recipe itself
+        entropy = {} if weight is None else {"model.train_entropy_weight": weight}
+        assert changed == {**sweep_keys, **entropy}
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         alone = compose(
             "train",

@@ -83,7 +83,7 @@ def test_load_model_writes_what_it_applied_into_the_spec(tmp_path, monkeypatch):
 
 
 def test_the_committed_weights_of_the_table_resolve(monkeypatch):
-    """checkpoints/ holds what results/table1.md rests on, binary ABS's scalars included."""
+    """checkpoints/ holds every model's own weights, binary ABS's scalars included."""
     monkeypatch.chdir(REPO)
     for name in ("cnn", "binary_cnn", "transfer_cnn", "madry", "abs", "binary_abs"):
         ckpt, _ = registry.resolve(model_config(name), "own", "no-registry", "pub")

@@ -123,7 +123,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         tested = None
         if model.needs_training:
             summary["resumed_from"] = ckpt_path
-            trainer.fit(model, datamodule, ckpt_path=ckpt_path)
+            trainer.fit(model, datamodule, ckpt_path=ckpt_path, weights_only=True)
             checkpointer = trainer.checkpoint_callback
             best = (checkpointer.best_model_path or None) if checkpointer else None
             summary["best_checkpoint"] = best
@@ -143,7 +143,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             if cfg.abs_diagnostics:
                 summary.update(abs_diagnostics(cfg, summary["weights"]))
         if cfg.test_after_fit:
-            results = trainer.test(model, datamodule, ckpt_path=tested)
+            results = trainer.test(model, datamodule, ckpt_path=tested, weights_only=True)
             summary.update({k.replace("test/", "test_"): v for k, v in results[0].items()})
         summary.update(provenance(output_dir, start, commit))
         summary["job_command"] = job_command()
