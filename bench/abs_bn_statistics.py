@@ -16,13 +16,12 @@ the weights were trained on (augmentation keeps neither at zero).
 
 from __future__ import annotations
 
-import argparse
-
 import torch
 
 from abslab.data.mnist import load_mnist
 from abslab.models.abs import ABSDefense, published_and_trained
 from abslab.models.vae import N_CLASSES
+from bench.abs_cli import published_and_trained_parser
 
 LIVE_VARIANCE = 1e-2
 
@@ -48,12 +47,9 @@ def first_layer_mismatch(model: ABSDefense, x: torch.Tensor, y: torch.Tensor) ->
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--ckpt", nargs="*", default=[], help="train.py checkpoints of model=abs")
-    parser.add_argument("--published", default="../shared/data/reference_models/abs")
-    parser.add_argument("--root", default="../shared/data/mnist")
-    parser.add_argument("--samples", type=int, default=4000, help="first N training images")
-    args = parser.parse_args()
+    args = published_and_trained_parser(
+        __doc__.splitlines()[0], 4000, "first N training images"
+    ).parse_args()
     data = load_mnist(args.root)
     x = torch.from_numpy(data["train_images"][: args.samples]).float().div(255)[:, None]
     y = torch.from_numpy(data["train_labels"][: args.samples]).long()

@@ -17,13 +17,12 @@ their training are read off the weights:
 
 from __future__ import annotations
 
-import argparse
-
 import torch
 
 from abslab.data.mnist import MNISTDataModule
 from abslab.models.abs import ABSDefense, published_and_trained
 from abslab.tasks.abs_margins import objective_terms
+from bench.abs_cli import published_and_trained_parser
 
 
 def weight_scales(model: ABSDefense) -> dict[str, float]:
@@ -42,12 +41,9 @@ def steps(model: ABSDefense) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--ckpt", nargs="*", default=[], help="train.py checkpoints of model=abs")
-    parser.add_argument("--published", default="../shared/data/reference_models/abs")
-    parser.add_argument("--root", default="../shared/data/mnist")
-    parser.add_argument("--samples", type=int, default=3000, help="first N images of each split")
-    args = parser.parse_args()
+    args = published_and_trained_parser(
+        __doc__.splitlines()[0], 3000, "first N images of each split"
+    ).parse_args()
     torch.set_flush_denormal(True)
 
     data = MNISTDataModule(root=args.root, download=False)

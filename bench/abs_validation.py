@@ -14,23 +14,20 @@ split seed 0) with the bank search alone and with the full inference.
 
 from __future__ import annotations
 
-import argparse
 import time
 
 from abslab.data.mnist import MNISTDataModule
 from abslab.models.abs import published_and_trained
 from abslab.models.abs_inference import InferenceSettings
+from bench.abs_cli import published_and_trained_parser
 
 BANK_ONLY = InferenceSettings(n_iter=0)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--ckpt", nargs="*", default=[], help="train.py checkpoints of model=abs")
-    parser.add_argument("--published", default="../shared/data/reference_models/abs")
-    parser.add_argument("--root", default="../shared/data/mnist")
-    parser.add_argument("--samples", type=int, default=1000, help="first N validation images")
-    args = parser.parse_args()
+    args = published_and_trained_parser(
+        __doc__.splitlines()[0], 1000, "first N validation images"
+    ).parse_args()
     data = MNISTDataModule(root=args.root, download=False)
     data.setup()
     x, y, _ = data.val_set[: args.samples]
