@@ -321,6 +321,26 @@ def test_overlapping_missing_and_unfinished_shards_are_refused(tmp_path):
         report([mixed], tmp_path / "o", "T", wandb_mode="disabled")
 
 
+def test_shards_of_one_model_on_other_weights_are_refused_naming_both(tmp_path):
+    """Shards rerun on a new checkpoint beside the old ones: the model's runs record two
+    weights hashes, across norms too, and the report names each hash with its run dirs."""
+
+    def record_hash(run_dir, weights_hash):
+        summary = json.loads((run_dir / "summary.json").read_text())
+        summary["segments"] = [{"weights_hash": weights_hash, "n_samples": 2}]
+        (run_dir / "summary.json").write_text(json.dumps(summary))
+
+    same = tmp_path / "same"
+    record_hash(fake_run(same, "abs", 0, 2, [0.1] * 2), "aaaa")
+    record_hash(fake_run(same, "abs", 2, 2, [0.2] * 2), "aaaa")
+    (cell,) = build_cells(find_runs([same])[0])
+    assert len(cell.rows) == 8
+    new = tmp_path / "new"
+    record_hash(fake_run(new, "abs", 0, 2, [0.1] * 2, norm=L3), "bbbb")
+    with pytest.raises(ReportError, match=r"abs: .*different weights.*aaaa: .*bbbb: .*new"):
+        build_cells(find_runs([same, new])[0])
+
+
 def readme_report_commands() -> list[list[str]]:
     """The README's commands that write the committed tables (results/table1*), as argv."""
     lines = (REPO / "README.md").read_text().splitlines()

@@ -305,10 +305,31 @@ def build_cells(summaries: list[dict[str, Any]]) -> list[Cell]:
             f"The runs attacked different weights ({', '.join(sorted(labels))}): report each "
             "on its own (e.g. results/sweeps/*_own_cpu, then *_published_cpu with --out)."
         )
+    _check_one_checkpoint_per_model(summaries)
     groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for s in summaries:
         groups[(s["norm"], s["model"])].append(s)
     return [merge_cell(runs) for runs in groups.values()]
+
+
+def _check_one_checkpoint_per_model(summaries: list[dict[str, Any]]) -> None:
+    """Refuse a model whose runs attacked different weights (the weights hash each run segment
+    recorded): a column of the table is one model, so shards of another checkpoint (say, rerun on
+    new weights beside the old ones) must not merge into its cells. Runs recorded before the
+    hash (no `weights_hash`) are not checked."""
+    hashes: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
+    for s in summaries:
+        for recorded in {seg.get("weights_hash") for seg in s.get("segments", [])} - {None}:
+            hashes[s["model"]][recorded].append(str(s["run_dir"]))
+    for model, runs_by_hash in hashes.items():
+        if len(runs_by_hash) > 1:
+            listing = "; ".join(
+                f"{h}: {', '.join(sorted(dirs))}" for h, dirs in sorted(runs_by_hash.items())
+            )
+            raise ReportError(
+                f"{model}: its runs attacked different weights (weights hash: run dirs; "
+                f"{listing}). Pass only the run dirs of one checkpoint, or rerun the others on it."
+            )
 
 
 def distal_results(summaries: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
