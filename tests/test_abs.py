@@ -14,7 +14,7 @@ from abslab.models.abs_inference import clip_to_ball, make_latent_bank, transpos
 from abslab.models.pretrained import WeightsError, stack_reference_vaes
 from abslab.models.vae import pack_by_class, vae_loss_terms
 from abslab.tasks.abs_margins import error_matrix, figure, margins
-from abslab.tasks.fit_scalars import fit_class_scalars
+from abslab.tasks.fit_scalars import choose_class_scalars, fit_class_scalars
 from bench.abs_reference import ReferenceABS, ReferenceVAE, load_reference_vaes
 from conftest import (
     REFERENCE_MODELS,
@@ -221,6 +221,29 @@ def test_fitted_scalars_undo_a_class_penalty():
     assert 0.912 < scalars[3] < 0.9765
     assert ((elbos.double() * scalars).argmin(1) == labels).all()
     assert scalars[0] == 1
+
+
+def test_scalars_are_kept_only_where_they_win_on_held_out_folds():
+    """A real class penalty: the fit wins on held-out folds too and is kept. Class-free noise:
+    the fit still gains on the images it was fitted on, loses on held-out folds, and ones stay."""
+    torch.manual_seed(0)
+    labels = torch.arange(10).repeat(100)
+    elbos = 1.04 + 0.005 * torch.rand(1000, 10)
+    elbos[torch.arange(1000), labels] = 1.0 + 0.005 * torch.rand(1000)
+    elbos[:, 3] *= 1.06
+    penalty = choose_class_scalars(elbos.double(), labels)
+    assert penalty["chosen"] == "fitted"
+    assert penalty["val_accuracy_fitted_held_out"] > penalty["val_accuracy_ones"] == 0.9
+    assert penalty["class_scalars"] == penalty["fitted_scalars"] != [1.0] * 10
+
+    labels = torch.arange(10).repeat(200)
+    elbos = 1.0 + 0.1 * torch.rand(2000, 10)
+    elbos[torch.arange(2000), labels] -= 0.08 * torch.rand(2000)
+    noise = choose_class_scalars(elbos.double(), labels)
+    assert noise["val_accuracy_fitted"] > noise["val_accuracy_ones"]
+    assert noise["val_accuracy_fitted_held_out"] < noise["val_accuracy_ones"]
+    assert noise["chosen"] == "ones" and noise["class_scalars"] == [1.0] * 10
+    assert noise["val_accuracy"] == noise["val_accuracy_ones"]
 
 
 def test_evaluate_writes_reconstructions_and_binary_abs_takes_an_abs_checkpoint(tmp_path):

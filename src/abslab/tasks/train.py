@@ -32,7 +32,8 @@ TESTED_CHECKPOINTS = ("best", "last")  # the epoch with the best val/acc, or the
 def export_weights(cfg: DictConfig, checkpoint: str, datamodule: Any) -> dict[str, Any]:
     """<run dir>/weights.ckpt: the tested checkpoint, weights only (what weights=own and
     `checkpoints/` take). With fit_binary_scalars, binary ABS's class scalars are fitted on the
-    validation split beside it (weights.scalars.json)."""
+    validation split beside it (weights.scalars.json; ones where the fit does not win on held-out
+    folds, abslab.tasks.fit_scalars)."""
     path = slim_checkpoint(checkpoint, Path(cfg.output_dir) / "weights.ckpt")
     exported: dict[str, Any] = {"weights": str(path)}
     if cfg.fit_binary_scalars:
@@ -44,7 +45,10 @@ def export_weights(cfg: DictConfig, checkpoint: str, datamodule: Any) -> dict[st
         fitted = fit_and_write(binary, path, x, y, device, cfg.data.eval_batch_size)
         exported["binary_abs_scalars"] = fitted["class_scalars"]
         exported["binary_abs_val_accuracy"] = fitted["val_accuracy_fitted"]
-        log.info("Binary ABS scalars (validation): %s", fitted["class_scalars"])
+        exported["binary_abs_scalars_chosen"] = fitted["chosen"]
+        log.info(
+            "Binary ABS scalars (validation, %s): %s", fitted["chosen"], fitted["class_scalars"]
+        )
     log.info("Weights: %s", path)
     return exported
 
