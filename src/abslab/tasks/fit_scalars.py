@@ -9,7 +9,7 @@ fixed (only ratios matter), each s_c searched on a grid over [0.9, 1.1], three s
 
 Maximising the accuracy of 5,000 images over nine scalars overfits: on the 100-epoch recipe's
 validation ELBOs the fitted scalars scored 10 images above ones on the images they were fitted
-on and 3.5 below ones on held-out folds (results/abs.md). So the fit is kept only where it wins
+on and about 6 below ones on held-out folds (results/abs.md). So the fit is kept only where it wins
 on images it did not see: 5-fold cross-validation, repeated 4 times, compares the fitting's
 held-out accuracy with that of ones (which need no fitting: their held-out accuracy is their
 accuracy), and ones are kept unless the fit is strictly better. Prints the chosen scalars as a
