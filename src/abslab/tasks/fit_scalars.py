@@ -33,6 +33,11 @@ from abslab.models.checkpoints import load_checkpoint_weights
 from abslab.models.registry import scalars_path
 
 
+def scaled_accuracy(elbos: torch.Tensor, labels: torch.Tensor, scalars: torch.Tensor) -> float:
+    """Accuracy of argmin_c scalars_c * elbos[:, c]; elbos (N, 10), labels (N,), scalars (10,)."""
+    return ((elbos * scalars).argmin(1) == labels).double().mean().item()
+
+
 def fit_class_scalars(
     elbos: torch.Tensor, labels: torch.Tensor, sweeps: int = 3, grid_points: int = 81
 ) -> torch.Tensor:
@@ -75,9 +80,9 @@ def cross_validated_accuracy(
 def choose_class_scalars(elbos: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
     """The fitted scalars where their held-out accuracy beats ones' accuracy, else ones, with
     the numbers that decided it; elbos (N, 10), labels (N,)."""
-    ones_accuracy = (elbos.argmin(1) == labels).double().mean().item()
     fitted = fit_class_scalars(elbos, labels)
-    fitted_accuracy = ((elbos * fitted).argmin(1) == labels).double().mean().item()
+    ones_accuracy = scaled_accuracy(elbos, labels, torch.ones_like(fitted))
+    fitted_accuracy = scaled_accuracy(elbos, labels, fitted)
     held_out = cross_validated_accuracy(elbos, labels)
     keep_fit = held_out > ones_accuracy
     chosen = fitted if keep_fit else torch.ones_like(fitted)
